@@ -1,0 +1,177 @@
+"""The real kube-apiserver accepts the examples and rejects bad manifests, naming the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "llmops.dev", "v1alpha1"
+PLURALS = {"FineTuneJob": "finetunejobs", "CompressionJob": "compressionjobs", "InferenceService": "inferenceservices"}
+
+FINETUNE = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "ft"},
+    "spec": {
+        "baseModel": {"uri": "pvc://models/base"},
+        "dataset": {"uri": "pvc://data/train.jsonl"},
+        "method": "lora",
+        "output": {"uri": "pvc://models/out"},
+    },
+}
+COMPRESSION = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "CompressionJob",
+    "metadata": {"name": "cj"},
+    "spec": {
+        "model": {"uri": "pvc://models/base"},
+        "stages": [{"quantize": {"method": "w8a8-int8"}}],
+        "output": {"uri": "pvc://models/q"},
+    },
+}
+INFERENCE = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "InferenceService",
+    "metadata": {"name": "svc"},
+    "spec": {"model": {"uri": "pvc://models/base"}, "resources": {"gpus": 1}},
+}
+
+
+def with_spec(base: dict, **changes) -> dict:
+    """A copy of base with spec paths (dotted) set; None deletes."""
+    obj = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        node = obj["spec"]
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return obj
+
+
+# (id, manifest, field the error must name, words the message must contain)
+INVALID = [
+    ("wrong-type", with_spec(FINETUNE, training={"epochs": "three"}), "spec.training.epochs", "number"),
+    ("unknown-method", with_spec(FINETUNE, method="dpo"), "spec.method", "Unsupported value"),
+    ("negative-gpus", with_spec(FINETUNE, resources={"gpusPerNode": -1}), "spec.resources.gpusPerNode", "greater than or equal to 1"),
+    ("zero-nodes", with_spec(FINETUNE, resources={"nodes": 0}), "spec.resources.nodes", "greater than or equal to 1"),
+    ("lora-with-full", with_spec(FINETUNE, method="full", lora={"r": 8}), "spec.lora", "only be set when method is lora"),
+    ("freeze-with-lora", with_spec(FINETUNE, freeze={"trainableLayers": 2}), "spec.freeze", "only be set when method is freeze"),
+    ("bad-uri-scheme", with_spec(FINETUNE, baseModel={"uri": "ftp://host/model"}), "spec.baseModel.uri", "should match"),
+    ("output-to-hub", with_spec(FINETUNE, output={"uri": "hf://org/model"}), "spec.output.uri", "should match"),
+    ("missing-dataset", with_spec(FINETUNE, dataset=None), "spec.dataset", "Required value"),
+    ("validation-split", with_spec(FINETUNE, dataset={"uri": "pvc://d/x", "validationSplit": 0.9}), "spec.dataset.validationSplit", "less than or equal to 0.5"),
+    ("offload-params-zero2", with_spec(FINETUNE, deepspeed={"zeroStage": 2, "offloadParams": True}), "spec.deepspeed.offloadParams", "zeroStage 3"),
+    ("bad-quantity", with_spec(FINETUNE, resources={"memory": "lots"}), "spec.resources.memory", "should match"),
+    ("unknown-field", with_spec(FINETUNE, learningRate=0.1), "spec.learningRate", "unknown field"),
+    ("two-model-sources", with_spec(INFERENCE, model={"uri": "pvc://m/a", "fineTuneJob": {"name": "ft"}}), "spec.model", "exactly one of uri, fineTuneJob, compressionJob"),
+    ("no-model-source", with_spec(COMPRESSION, model={}), "spec.model", "exactly one of uri, fineTuneJob"),
+    ("min-over-max", with_spec(INFERENCE, autoscaling={"minReplicas": 5, "maxReplicas": 2, "target": 10}), "spec.autoscaling.minReplicas", "must not exceed maxReplicas"),
+    ("vllm-without-gpu", with_spec(INFERENCE, resources={"gpus": 0}), "spec.resources.gpus", "at least one GPU"),
+    ("tp-over-gpus", with_spec(INFERENCE, vllm={"tensorParallelSize": 4}), "spec.vllm.tensorParallelSize", "may not exceed resources.gpus"),
+    ("unknown-quant-method", with_spec(COMPRESSION, stages=[{"quantize": {"method": "int3"}}]), "spec.stages[0].quantize.method", "Unsupported value"),
+    ("stage-two-ops", with_spec(COMPRESSION, stages=[{"quantize": {"method": "fp8"}, "prune": {"method": "magnitude"}}]), "spec.stages[0]", "exactly one of quantize, prune, distill, mergeLora"),
+    ("sparsity-2-4", with_spec(COMPRESSION, stages=[{"prune": {"method": "2:4", "sparsity": 0.7}}]), "spec.stages[0].prune.sparsity", "exactly 0.5"),
+    ("no-stages", with_spec(COMPRESSION, stages=[]), "spec.stages", "at least 1 items"),
+    ("bad-adapter-name", with_spec(INFERENCE, adapters=[{"name": "bad name!", "uri": "pvc://a/b"}]), "spec.adapters[0].name", "should match"),
+]
+
+
+def _create(custom, namespace: str, obj: dict):
+    return custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURALS[obj["kind"]], obj, field_validation="Strict"
+    )
+
+
+def _error(exc: ApiException) -> tuple[str, list[str]]:
+    body = json.loads(exc.body)
+    fields = [cause.get("field", "") for cause in body.get("details", {}).get("causes", [])]
+    return body.get("message", ""), fields
+
+
+def test_enough_invalid_cases():
+    assert len(INVALID) >= 15
+
+
+def test_invalid_manifests_are_rejected_naming_the_field(custom, namespace):
+    failures = []
+    for case_id, manifest, field, words in INVALID:
+        try:
+            _create(custom, namespace, manifest)
+        except ApiException as exc:
+            message, fields = _error(exc)
+            if exc.status not in (400, 422) or field not in message or words not in message:
+                failures.append(f"{case_id}: status {exc.status}, fields {fields}, message {message!r}")
+        else:
+            failures.append(f"{case_id}: accepted")
+    assert not failures, "\n".join(failures)
+
+
+IMMUTABLE_CHANGES = [
+    ("method", FINETUNE, {"method": "qlora"}, "spec.method"),
+    ("base-model", FINETUNE, {"baseModel": {"uri": "pvc://models/other"}}, "spec.baseModel"),
+    ("add-deepspeed", FINETUNE, {"deepspeed": {"zeroStage": 2}}, "spec.deepspeed"),
+    ("gpus", FINETUNE, {"resources": {"gpusPerNode": 4}}, "spec.resources"),
+    ("stages", COMPRESSION, {"stages": [{"prune": {"method": "magnitude"}}]}, "spec.stages"),
+]
+
+
+@pytest.mark.parametrize("case_id,base,patch,field", IMMUTABLE_CHANGES, ids=[c[0] for c in IMMUTABLE_CHANGES])
+def test_immutable_fields_cannot_change(custom, namespace, case_id, base, patch, field):
+    _create(custom, namespace, base)
+    plural = PLURALS[base["kind"]]
+    with pytest.raises(ApiException) as info:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, base["metadata"]["name"], {"spec": patch})
+    message, _ = _error(info.value)
+    assert info.value.status == 422 and field in message and "immutable" in message, message
+
+
+def test_mutable_fields_can_change(custom, namespace):
+    _create(custom, namespace, FINETUNE)
+    patched = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "finetunejobs", "ft", {"spec": {"suspend": True, "activeDeadlineSeconds": 600, "backoffLimit": 5}}
+    )
+    assert patched["spec"]["suspend"] is True and patched["spec"]["activeDeadlineSeconds"] == 600
+
+
+def test_schema_defaults_are_applied(custom, namespace):
+    created = _create(custom, namespace, FINETUNE)
+    spec = created["spec"]
+    assert spec["training"]["scheduler"] == "cosine"
+    assert spec["resources"] == {"nodes": 1, "gpusPerNode": 1}
+    assert spec["checkpointing"]["resume"] is True and spec["backoffLimit"] == 3
+
+
+def _example_docs():
+    return [d for f in sorted((REPO / "examples").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def test_examples_apply_and_show_columns(cluster, namespace):
+    cluster.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples"))
+    listing = cluster.kubectl("get", "finetunejobs", "-n", namespace).stdout
+    header = listing.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "METHOD", "NODES", "GPUS", "PROGRESS", "AGE"], listing
+    names = {d["metadata"]["name"] for d in _example_docs()}
+    everything = cluster.kubectl("get", "llmops", "-n", namespace, "-o", "name").stdout
+    assert {line.split("/", 1)[1] for line in everything.split()} == names
+    short = cluster.kubectl("get", "ftj,cpj,lis", "-n", namespace, "-o", "name").stdout
+    assert len(short.split()) == len(names)
+
+
+def test_explain_prints_descriptions(cluster):
+    out = cluster.kubectl("explain", "finetunejob.spec.lora").stdout
+    assert "Rank of the adapter matrices." in out
+    assert "Scaling numerator" in out
+    out = cluster.kubectl("explain", "inferenceservice.spec.autoscaling.minReplicas").stdout
+    assert "Fewest replicas" in out
