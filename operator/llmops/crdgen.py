@@ -26,6 +26,7 @@ DEFAULT_MAX_STRING = 4096
 DEFAULT_MAX_ITEMS = 256
 DEFAULT_MAX_PROPERTIES = 256
 IMMUTABLE_MARK = "x-llmops-immutable"
+MAX_OBJECT_NAME = 52
 DROPPED_KEYS = {"title", "$defs", "discriminator"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,6 +146,14 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
         "type": "object",
         "description": kind.description,
         "required": ["spec"],
+        "x-kubernetes-validations": [
+            {
+                # Children are named <name>-<suffix> and names become pod labels (63 characters).
+                "rule": f"size(self.metadata.name) <= {MAX_OBJECT_NAME}",
+                "message": f"metadata.name must be at most {MAX_OBJECT_NAME} characters",
+                "reason": "FieldValueInvalid",
+            }
+        ],
         "properties": {
             "apiVersion": {"type": "string", "description": "API version: llmops.dev/v1alpha1."},
             "kind": {"type": "string", "description": f"Always {kind.kind}."},

@@ -124,6 +124,15 @@ class Scheduling(ApiModel):
     )
 
 
+class PodMetadata(ApiModel):
+    """Labels and annotations added to the workload's pods (service meshes, cost allocation, scrape config)."""
+
+    labels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(None, max_length=64, description="Extra pod labels.")
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
+        None, max_length=64, description="Extra pod annotations."
+    )
+
+
 class ImageOverride(ApiModel):
     """Container image used instead of the operator's default for this workload."""
 

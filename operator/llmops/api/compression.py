@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from .cel import DEFAULTED, IMMUTABLE, exactly_one, rule, rules
-from .common import AnyObject, ApiModel, CommonStatus, ImageOverride, ObjectRef, OutputUri, Phase, Scheduling, SecretKeyRef, Uri
+from .common import AnyObject, ApiModel, CommonStatus, ImageOverride, PodMetadata, ObjectRef, OutputUri, Phase, Scheduling, SecretKeyRef, Uri
 from .resources import WorkerResources
 
 
@@ -122,6 +122,7 @@ class CompressionJobSpec(ApiModel):
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit; past it the job fails with DeadlineExceeded.")
     backoff_limit: int = Field(2, ge=0, le=100, description="Retries before the job fails.")
     image: ImageOverride | None = Field(None, description="Runner image override.", json_schema_extra=IMMUTABLE)
+    pod_metadata: PodMetadata | None = Field(None, description="Labels and annotations added to the pods (applies to pods created after a change).")
 
 
 class StageStatus(ApiModel):

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from .cel import DEFAULTED, IMMUTABLE, rule, rules
-from .common import ApiModel, CommonStatus, ImageOverride, OutputUri, Phase, Scheduling, SecretKeyRef, Uri
+from .common import ApiModel, CommonStatus, ImageOverride, PodMetadata, OutputUri, Phase, Scheduling, SecretKeyRef, Uri
 from .resources import JobResources
 
 Method = Literal["full", "freeze", "lora", "qlora", "prompt-tuning", "auto"]
@@ -205,6 +205,7 @@ class FineTuneJobSpec(ApiModel):
     )
     backoff_limit: int = Field(3, ge=0, le=100, description="Retries of the whole pod group before the job fails.")
     image: ImageOverride | None = Field(None, description="Runner image override.", json_schema_extra=IMMUTABLE)
+    pod_metadata: PodMetadata | None = Field(None, description="Labels and annotations added to the pods (applies to pods created after a change).")
 
 
 class Progress(ApiModel):
@@ -247,6 +248,7 @@ class FineTuneJobStatus(CommonStatus):
     job_name: str | None = Field(None, description="Name of the batch/v1 Job.")
     gpus: int | None = Field(None, description="GPUs requested in total.")
     restarts: int | None = Field(None, description="Pod-group restarts counted against backoffLimit.")
+    attempt: int | None = Field(None, description="Index of the current pod group (restarts plus uncounted retries after disruptions).")
     start_time: datetime | None = Field(None, description="When the job first ran.")
     completion_time: datetime | None = Field(None, description="When it finished.")
     progress: Progress | None = Field(None, description="Live training progress.")

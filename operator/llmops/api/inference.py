@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from .cel import DEFAULTED, exactly_one, rule, rules
-from .common import ApiModel, CommonStatus, ImageOverride, ObjectRef, Scheduling, SecretKeyRef, ServicePhase, Uri
+from .common import ApiModel, CommonStatus, ImageOverride, PodMetadata, ObjectRef, Scheduling, SecretKeyRef, ServicePhase, Uri
 from .resources import WorkerResources
 
 
@@ -106,6 +106,7 @@ class InferenceServiceSpec(ApiModel):
     resources: WorkerResources = Field(default_factory=WorkerResources, description="GPUs and host resources per replica.", json_schema_extra=DEFAULTED)
     scheduling: Scheduling | None = Field(None, description="Node selection, tolerations and priority.")
     image: ImageOverride | None = Field(None, description="Server image override.")
+    pod_metadata: PodMetadata | None = Field(None, description="Labels and annotations added to the pods (applies to pods created after a change).")
 
 
 class InferenceServiceStatus(CommonStatus):

@@ -28,6 +28,9 @@ from .pki import make_pki
 
 KWOK_CONFIG = Path(__file__).with_name("kwok.yaml")
 SERVICE_CIDR = "10.96.0.0/16"
+# Simulated pods get loopback addresses: a test can serve a pod's port (a runner's
+# /metrics, a model server) on that address and the operator reaches it as in a cluster.
+POD_CIDR = "127.1.0.0/16"
 
 
 class ClusterError(RuntimeError):
@@ -120,7 +123,7 @@ class LocalCluster:
                                                   "--leader-elect=false", "--secure-port=0", "--v=1"])
             self._spawn(state, "kwok", [str(binaries / "kwok"), f"--kubeconfig={configs['kwok']}", f"--config={KWOK_CONFIG}",
                                         f"--manage-nodes-with-annotation-selector={node_defs.KWOK_NODE_ANNOTATION}=fake",
-                                        f"--server-address=127.0.0.1:{state.kwok_port}", "--cidr=10.244.0.0/16"])
+                                        f"--server-address=127.0.0.1:{state.kwok_port}", f"--cidr={POD_CIDR}"])
             self.apply(node_defs.default_nodes(node_count))
             self._wait_nodes_ready(deadline=started + timeout)
         except Exception:

@@ -1,0 +1,3 @@
+"""Importing this package registers every Kopf handler."""
+
+from . import finetune  # noqa: F401

@@ -1,0 +1,121 @@
+"""Kopf handlers for FineTuneJob: thin triggers around one level-based reconcile.
+
+Whatever wakes us (the object changed, one of its Jobs or pods changed, the
+progress timer fired, the operator restarted), the same `reconcile` runs: read
+the object and its children, `plan()`, apply. No deletion handler and so no
+finalizer: children go with the object through owner references, even while
+the operator is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+import kopf
+
+from .. import metrics, modelinfo
+from ..api import GROUP, VERSION
+from ..conditions import now, parse_time
+from ..kube import Kube
+from ..progress import progress_status, scrape
+from ..reconcile.finetune import Observed, plan
+from ..settings import LABEL_KIND, LABEL_NAME, MANAGED_BY, LABEL_MANAGED_BY, Settings
+
+KIND, PLURAL = "FineTuneJob", "finetunejobs"
+CHILD_LABELS = {LABEL_KIND: "finetunejob", LABEL_MANAGED_BY: MANAGED_BY}
+
+log = logging.getLogger("llmops.finetune")
+SETTINGS = Settings.from_env()
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_kube: Kube | None = None
+
+
+def kube() -> Kube:
+    global _kube
+    if _kube is None:
+        _kube = Kube()
+    return _kube
+
+
+def _owned_by(obj: dict[str, Any], uids: set[str]) -> bool:
+    return any(ref.get("uid") in uids for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def reconcile(namespace: str, name: str, scrape_progress: bool = False, _depth: int = 0) -> None:
+    # One reconcile per object at a time: events for its Jobs, pods and itself race otherwise.
+    with _locks[(namespace, name)], metrics.reconcile_timer(KIND):
+        k = kube()
+        body = k.get_custom(PLURAL, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            metrics.forget_object(KIND, namespace, name)
+            return
+        selector = f"{LABEL_KIND}=finetunejob,{LABEL_NAME}={name}"
+        jobs = [j for j in k.list_jobs(namespace, selector) if _owned_by(j, {body["metadata"]["uid"]})]
+        pods = [p for p in k.list_pods(namespace, selector) if _owned_by(p, {j["metadata"]["uid"] for j in jobs})]
+        old_status = body.get("status") or {}
+        model_config = None
+        if not old_status.get("selectedMethod"):
+            base = (body.get("spec") or {}).get("baseModel") or {}
+            model_config = modelinfo.fetch_config(base.get("uri", ""), base.get("revision"))
+        result = plan(Observed(body, jobs, pods, now(), k.gpu_memory_mib(), model_config), SETTINGS)
+
+        for child in result.create:
+            if k.create(child):
+                metrics.CHILDREN_CREATED.labels(KIND, child["kind"]).inc()
+        for job_name, patch in result.patch_jobs.items():
+            k.patch_job(namespace, job_name, patch)
+        for job_name in result.delete_jobs:
+            k.delete_job(namespace, job_name)
+        if scrape_progress and result.status.get("phase") == "Running":
+            _add_progress(result.status, pods)
+        if result.status != old_status:
+            k.patch_status(PLURAL, namespace, name, result.status)
+        for type_, reason, message in result.events:
+            k.event(body, type_, reason, message)
+        metrics.observe_object(KIND, namespace, name, result.status.get("phase"), result.status.get("gpus") or 0)
+    if result.status.get("attempt") != old_status.get("attempt") and _depth < 2:
+        reconcile(namespace, name, _depth=_depth + 1)  # start the next attempt now, not at the next event
+
+
+def _add_progress(status: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+    """Scrape rank 0's metrics endpoint into status.progress; a failed scrape keeps the last figures."""
+    attempt = str(status.get("attempt", 0))
+    ranks = [p for p in pods if (p["metadata"].get("labels") or {}).get("llmops.dev/attempt") == attempt and (p.get("status") or {}).get("podIP")]
+    ranks.sort(key=lambda p: (p["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0"))
+    if not ranks:
+        return
+    try:
+        values = scrape(ranks[0]["status"]["podIP"], SETTINGS.runner_metrics_port, SETTINGS.scrape_timeout)
+    except OSError as exc:
+        log.debug("progress scrape of %s failed: %s", ranks[0]["metadata"]["name"], exc)
+        return
+    if values:
+        status["progress"] = progress_status(values, parse_time(status.get("startTime")), now())
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def finetunejob_changed(namespace: str, name: str, **_: Any) -> None:
+    reconcile(namespace, name)
+
+
+@kopf.timer(
+    GROUP, VERSION, PLURAL,
+    interval=SETTINGS.progress_interval,
+    when=lambda status, **_: status.get("phase") in ("Pending", "Running"),
+)
+def finetunejob_tick(namespace: str, name: str, **_: Any) -> None:
+    """Progress scraping, and a periodic resync in case an event was missed."""
+    reconcile(namespace, name, scrape_progress=True)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
+def child_changed(body: dict[str, Any], namespace: str, **_: Any) -> None:
+    name = (body["metadata"].get("labels") or {}).get(LABEL_NAME)
+    if name:
+        reconcile(namespace, name)

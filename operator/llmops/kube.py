@@ -1,0 +1,140 @@
+"""Thin access to the Kubernetes API for the reconcilers: plain dicts in and out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .api import API_VERSION, GROUP, VERSION
+from .conditions import now, timestamp
+from .settings import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, MANAGED_BY
+
+log = logging.getLogger("llmops.kube")
+
+
+class Kube:
+    """The API clients the operator uses, with small helpers that return dicts."""
+
+    def __init__(self, api_client: client.ApiClient | None = None):
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            cfg = client.Configuration.get_default_copy()
+            cfg.connection_pool_maxsize = 32
+            api_client = client.ApiClient(cfg)
+        self.api = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self._nodes_at = 0.0
+        self._gpu_memory: dict[str, int] = {}
+        self._nodes_lock = threading.Lock()
+
+    @staticmethod
+    def _json(response) -> dict[str, Any]:
+        return json.loads(response.data)
+
+    # -- our objects -----------------------------------------------------
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+
+    # -- children ----------------------------------------------------------
+    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        resp = self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
+        return self._json(resp)["items"]
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+        return self._json(resp)["items"]
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create a child; an existing one is fine (reconciles are idempotent). True if created now."""
+        namespace, kind = obj["metadata"]["namespace"], obj["kind"]
+        creators = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Service": self.core.create_namespaced_service,
+            "Job": self.batch.create_namespaced_job,
+            "Deployment": client.AppsV1Api(self.api).create_namespaced_deployment,
+        }
+        try:
+            creators[kind](namespace, obj)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.batch.patch_namespaced_job(name, namespace, patch)
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # -- cluster facts -----------------------------------------------------
+    def gpu_memory_mib(self, max_age: float = 30.0) -> dict[str, int]:
+        """GPU product label → memory (MiB), from the nodes' GPU feature discovery labels."""
+        with self._nodes_lock:
+            if time.monotonic() - self._nodes_at > max_age:
+                resp = self.core.list_node(label_selector=GPU_PRODUCT_LABEL, _preload_content=False)
+                found: dict[str, int] = {}
+                for node in self._json(resp)["items"]:
+                    node_labels = node["metadata"].get("labels") or {}
+                    memory = node_labels.get(GPU_MEMORY_LABEL, "")
+                    if memory.isdigit():
+                        found[node_labels[GPU_PRODUCT_LABEL]] = int(memory)
+                self._gpu_memory, self._nodes_at = found, time.monotonic()
+            return dict(self._gpu_memory)
+
+    # -- events ------------------------------------------------------------
+    def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the object, what `kubectl describe` shows."""
+        meta = body["metadata"]
+        stamp = timestamp(now())
+        event = {
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", API_VERSION),
+                "kind": body["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": MANAGED_BY},
+            "reportingComponent": MANAGED_BY,
+            "reportingInstance": MANAGED_BY,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:  # events are best effort: never fail a reconcile on them
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)

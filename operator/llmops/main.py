@@ -1,0 +1,82 @@
+"""llmops-operator: the operator process.
+
+    llmops-operator                       # all namespaces
+    llmops-operator --namespace team-a    # only some
+    llmops-operator --standalone          # no peering (development, tests)
+
+Settings come from LLMOPS_* environment variables (see llmops.settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import kopf
+
+from . import metrics
+from .settings import FINALIZER, PREFIX, Settings
+
+log = logging.getLogger("llmops")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_) -> None:
+    # Our own prefix for everything Kopf stores on objects; chosen once, since
+    # changing storage later would make Kopf re-handle every object.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
+    settings.posting.reporting_component = "llmops-operator"
+    settings.posting.event_name_prefix = "llmops-"
+    settings.posting.level = logging.WARNING  # our reconcilers post their own, meaningful events
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    # Only our children: never watch every pod and Job of the cluster.
+    selector = "app.kubernetes.io/managed-by=llmops-operator"
+    settings.watching.label_selectors["batch", "jobs"] = selector
+    settings.watching.label_selectors["pods"] = selector
+    settings.execution.max_workers = int(os.environ.get("LLMOPS_WORKERS", "16"))
+    settings.batching.worker_limit = 512
+    settings.peering.name = "llmops"
+    settings.peering.mandatory = False
+
+
+@kopf.on.probe(id="alive")
+def alive(**_) -> bool:
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmops-operator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default all")
+    parser.add_argument("--standalone", action="store_true", help="no peering with other replicas")
+    parser.add_argument("--priority", type=int, default=int(os.environ.get("LLMOPS_PEERING_PRIORITY", "0")),
+                        help="peering priority: the highest-priority replica acts, the others stand by")
+    parser.add_argument("--liveness", default=os.environ.get("LLMOPS_LIVENESS", "http://0.0.0.0:8080/healthz"))
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    metrics.serve(settings.metrics_port)
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    log.info("llmops-operator: metrics on :%d, namespaces %s", settings.metrics_port, args.namespace or "all")
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        priority=args.priority,
+        peering_name="llmops",
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Operator settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+PREFIX = "llmops.dev"
+FINALIZER = f"{PREFIX}/finalizer"
+MANAGED_BY = "llmops-operator"
+
+# Labels every child carries.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_KIND = f"{PREFIX}/kind"
+LABEL_NAME = f"{PREFIX}/name"
+LABEL_ATTEMPT = f"{PREFIX}/attempt"
+LABEL_ROLE = f"{PREFIX}/role"
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+
+
+@dataclass(frozen=True)
+class Settings:
+    finetune_image: str = "ghcr.io/llmops-dev/runner-finetune:0.1.0"
+    metrics_port: int = 8000  # the operator's own /metrics
+    runner_metrics_port: int = 9400  # the runners' /metrics
+    master_port: int = 29500  # torch.distributed rendezvous
+    progress_interval: float = 15.0  # seconds between progress scrapes of a running job
+    scrape_timeout: float = 2.0
+    runner_exit_code_invalid_input: int = 2  # runners exit 2 on bad config: never retried
+    pvc_mount_root: str = "/mnt/pvc"
+    extra_gpu_memory_gib: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        base = cls()
+        return cls(
+            finetune_image=env.get("LLMOPS_FINETUNE_IMAGE", base.finetune_image),
+            metrics_port=int(env.get("LLMOPS_METRICS_PORT", base.metrics_port)),
+            runner_metrics_port=int(env.get("LLMOPS_RUNNER_METRICS_PORT", base.runner_metrics_port)),
+            progress_interval=float(env.get("LLMOPS_PROGRESS_INTERVAL", base.progress_interval)),
+            scrape_timeout=float(env.get("LLMOPS_SCRAPE_TIMEOUT", base.scrape_timeout)),
+        )
