@@ -80,15 +80,3 @@ def namespace(core, request):
         raise AssertionError(f"default ServiceAccount of {name} never appeared (is the controller-manager running?)")
     yield name
     core.delete_namespace(name)
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.25, what: str = "condition"):
-    """Poll until predicate() returns something truthy; return it."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")

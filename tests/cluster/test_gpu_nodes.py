@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from conftest import wait_for
+from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

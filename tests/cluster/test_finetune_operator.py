@@ -1,0 +1,214 @@
+"""FineTuneJob reconciled end to end by the real operator process on the real control plane.
+
+kwok plays the pods: annotations (through spec.podMetadata) choose whether a
+pod succeeds, fails or keeps running, and what its termination message says,
+i.e. what a runner would report.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import time
+
+import pytest
+from kubernetes import client
+
+from finetune_helpers import (
+    condition,
+    create,
+    events,
+    finetunejob,
+    patch_spec,
+    status,
+    succeed_with,
+    wait_phase,
+)
+from waiting import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def _jobs(batch, namespace):
+    return sorted(batch.list_namespaced_job(namespace).items, key=lambda j: j.metadata.creation_timestamp)
+
+
+def _pods(core, namespace, selector=""):
+    return core.list_namespaced_pod(namespace, label_selector=selector).items
+
+
+def test_success_path(custom, core, batch, namespace, operator):
+    core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="hub"), string_data={"token": "hf_supersecret"}))
+    report = {"status": "Succeeded", "artifactUri": "file:///output/ok", "metrics": {"train_loss": 0.42, "eval_loss": 0.5}}
+    obj = finetunejob("ok", sim=succeed_with(report, "3s"), baseModel={"uri": "hf://org/tiny", "tokenSecretRef": {"name": "hub", "key": "token"}, "parameterCount": 125_000_000},
+                      resources={"gpusPerNode": 2, "gpuType": "NVIDIA-H100-80GB-HBM3", "cpu": 4, "memory": "32Gi", "sharedMemory": "8Gi"})
+    create(custom, namespace, obj)
+    running = wait_phase(custom, namespace, "ok", "Running")
+    assert condition(running, "Running")["status"] == "True" and running["startTime"]
+
+    job = batch.read_namespaced_job("ok", namespace)
+    pod = job.spec.template.spec
+    container = pod.containers[0]
+    assert container.resources.limits["nvidia.com/gpu"] == "2" and container.resources.requests["nvidia.com/gpu"] == "2"
+    assert container.resources.limits["memory"] == "32Gi"
+    assert pod.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert any(t.key == "nvidia.com/gpu" and t.operator == "Exists" for t in pod.tolerations)
+    assert container.termination_message_policy == "FallbackToLogsOnError"
+    shm = next(v for v in pod.volumes if v.name == "dshm")
+    assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == "8Gi"
+    token = next(e for e in container.env if e.name == "HF_TOKEN")
+    assert token.value is None and token.value_from.secret_key_ref.name == "hub"
+    owner = job.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.controller) == ("FineTuneJob", "ok", True)
+    assert job.metadata.labels["app.kubernetes.io/managed-by"] == "llmops-operator"
+    config = core.read_namespaced_config_map("ok-config", namespace)
+    assert "hf_supersecret" not in json.dumps(config.data)
+    runner_config = json.loads(config.data["config.json"])
+    assert runner_config["method"] == "lora" and runner_config["model"] == {"path": "org/tiny", "revision": None, "tokenEnv": "HF_TOKEN"}
+
+    done = wait_phase(custom, namespace, "ok", "Succeeded")
+    assert done["result"] == {"artifactUri": "file:///output/ok", "metrics": {"train_loss": 0.42, "eval_loss": 0.5}}
+    assert condition(done, "Succeeded")["status"] == "True" and done["completionTime"]
+    assert all(c["observedGeneration"] == 1 for c in done["conditions"])
+    reasons = [e.reason for e in events(core, namespace, "ok")]
+    assert {"JobCreated", "PodsRunning", "Completed"} <= set(reasons), reasons
+    assert "hf_supersecret" not in operator.log_tail(10**6)
+
+
+def test_failure_path_retries_then_fails_with_runner_reason(custom, core, batch, namespace, operator):
+    report = {"status": "Failed", "reason": "CUDAOutOfMemory", "message": "CUDA out of memory at step 12"}
+    obj = finetunejob("bad", sim={"outcome": "fail", "duration": "500ms", "exit-code": "1", "message": json.dumps(report)}, backoffLimit=2)
+    create(custom, namespace, obj)
+    failed = wait_phase(custom, namespace, "bad", "Failed", timeout=90)
+    cond = condition(failed, "Failed")
+    assert cond["reason"] == "CUDAOutOfMemory" and "CUDA out of memory at step 12" in cond["message"]
+    assert failed["restarts"] == 2
+    assert [j.metadata.name for j in _jobs(batch, namespace)] == ["bad", "bad-r1", "bad-r2"]
+    pods_after = len(_pods(core, namespace))
+    assert pods_after == 3
+    time.sleep(4)  # several timer periods: a failed job must stay failed
+    assert len(_jobs(batch, namespace)) == 3 and len(_pods(core, namespace)) == pods_after
+    assert status(custom, namespace, "bad")["phase"] == "Failed"
+    assert "Restarting" in [e.reason for e in events(core, namespace, "bad")]
+
+
+def test_invalid_input_is_not_retried(custom, batch, namespace, operator):
+    report = {"status": "Failed", "reason": "InvalidConfig", "message": "dataset file /data/train.jsonl does not exist."}
+    create(custom, namespace, finetunejob("cfg", sim={"outcome": "fail", "duration": "300ms", "exit-code": "2", "message": json.dumps(report)}, backoffLimit=3))
+    failed = wait_phase(custom, namespace, "cfg", "Failed")
+    assert condition(failed, "Failed")["reason"] == "InvalidConfig"
+    assert len(_jobs(batch, namespace)) == 1
+
+
+def test_multi_node_indexed_job_with_rendezvous(custom, core, batch, namespace, operator):
+    obj = finetunejob("multi", sim={"outcome": "run"}, method="full",
+                      resources={"nodes": 2, "gpusPerNode": 8, "gpuType": "NVIDIA-H100-80GB-HBM3"}, deepspeed={"zeroStage": 3})
+    create(custom, namespace, obj)
+    wait_phase(custom, namespace, "multi", "Running")
+    job = batch.read_namespaced_job("multi", namespace)
+    assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism, job.spec.backoff_limit) == ("Indexed", 2, 2, 0)
+    service = core.read_namespaced_service("multi-workers", namespace)
+    assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses
+    assert job.spec.template.spec.subdomain == "multi-workers"
+    pods = _pods(core, namespace, "llmops.dev/name=multi")
+    assert len(pods) == 2 and len({p.spec.node_name for p in pods}) == 2  # 8 GPUs each: one node per pod
+    for pod in pods:
+        env = {e.name: e for e in pod.spec.containers[0].env}
+        assert env["MASTER_ADDR"].value == f"multi-0.multi-workers.{namespace}.svc"
+        assert (env["NNODES"].value, env["NPROC_PER_NODE"].value, env["WORLD_SIZE"].value) == ("2", "8", "16")
+        assert env["NODE_RANK"].value_from.field_ref.field_path == "metadata.labels['batch.kubernetes.io/job-completion-index']"
+        assert pod.metadata.labels["batch.kubernetes.io/job-completion-index"] in ("0", "1")
+        assert pod.metadata.labels["job-name"] == "multi" and pod.spec.hostname.startswith("multi-")
+
+
+def test_unschedulable_is_reported_not_running(custom, namespace, operator):
+    create(custom, namespace, finetunejob("huge", sim={"outcome": "run"}, resources={"gpusPerNode": 16}))
+    st = wait_for(lambda: (s := status(custom, namespace, "huge")) and (condition(s, "PodsScheduled") or {}).get("reason") == "Unschedulable" and s,
+                  what="Unschedulable reported")
+    assert st["phase"] == "Pending"
+    assert "nvidia.com/gpu" in condition(st, "PodsScheduled")["message"]
+    assert condition(st, "Running")["status"] == "False"
+
+
+def test_suspend_and_resume(custom, core, batch, namespace, operator):
+    create(custom, namespace, finetunejob("sus", sim={"outcome": "run"}, suspend=True))
+    st = wait_phase(custom, namespace, "sus", "Suspended")
+    assert condition(st, "Suspended")["status"] == "True"
+    assert batch.read_namespaced_job("sus", namespace).spec.suspend is True
+    time.sleep(1.5)
+    assert _pods(core, namespace) == []
+    patch_spec(custom, namespace, "sus", {"suspend": False})
+    wait_phase(custom, namespace, "sus", "Running")
+    patch_spec(custom, namespace, "sus", {"suspend": True})
+    wait_phase(custom, namespace, "sus", "Suspended")
+    wait_for(lambda: not [p for p in _pods(core, namespace) if p.status.phase == "Running" and not p.metadata.deletion_timestamp], what="pods stopped")
+
+
+def test_kueue_queue_label_and_admission(custom, batch, namespace, operator):
+    create(custom, namespace, finetunejob("queued", sim={"outcome": "run"}, scheduling={"queueName": "team-a"}))
+    st = wait_for(lambda: (s := status(custom, namespace, "queued")) and (condition(s, "Suspended") or {}).get("reason") == "QueuedInKueue" and s,
+                  what="queued in Kueue")
+    job = batch.read_namespaced_job("queued", namespace)
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a" and job.spec.suspend is True
+    assert st["phase"] == "Pending"
+    batch.patch_namespaced_job("queued", namespace, {"spec": {"suspend": False}})  # what Kueue does on admission
+    wait_phase(custom, namespace, "queued", "Running")
+
+
+def test_deadline_exceeded(custom, namespace, operator):
+    create(custom, namespace, finetunejob("slow", sim={"outcome": "run"}, activeDeadlineSeconds=3))
+    failed = wait_phase(custom, namespace, "slow", "Failed", timeout=60)
+    assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_vram_preflight_rejects_70b_full_and_auto_picks_qlora(custom, batch, namespace, operator):
+    big = {"uri": "hf://meta-llama/Meta-Llama-3-70B", "parameterCount": 70_000_000_000}
+    create(custom, namespace, finetunejob("big-full", baseModel=big, method="full"))
+    create(custom, namespace, finetunejob("big-auto", sim={"outcome": "run"}, baseModel=big, method="auto"))
+    failed = wait_phase(custom, namespace, "big-full", "Failed")
+    cond = condition(failed, "Failed")
+    assert cond["reason"] == "InsufficientGPUMemory"
+    numbers = [float(x) for x in re.findall(r"(\d+(?:\.\d+)?) GiB", cond["message"])]
+    assert any(n > 500 for n in numbers) and 80.0 in numbers, cond["message"]
+    assert failed["vramEstimate"]["perGpuGib"] > failed["vramEstimate"]["availableGib"] == 80.0
+    auto = wait_phase(custom, namespace, "big-auto", "Running")
+    assert auto["selectedMethod"] == "qlora" and "qlora" in auto["methodReason"]
+    assert auto["vramEstimate"]["perGpuGib"] <= 80.0
+    assert [j.metadata.name for j in _jobs(batch, namespace)] == ["big-auto"]  # no pod for the rejected one
+    runner_config = client.CoreV1Api(batch.api_client).read_namespaced_config_map("big-auto-config", namespace).data["config.json"]
+    assert json.loads(runner_config)["method"] == "qlora"
+
+
+def test_operator_metrics_count_reconciles(custom, namespace, operator):
+    def reconciles() -> float:
+        match = re.search(r'llmops_reconcile_total\{kind="FineTuneJob",result="success"\} (\S+)', operator.metrics())
+        return float(match.group(1)) if match else 0.0
+
+    before = reconciles()
+    create(custom, namespace, finetunejob("m", sim=succeed_with({"status": "Succeeded"}, "1s")))
+    wait_phase(custom, namespace, "m", "Succeeded")
+    assert reconciles() > before
+    text = operator.metrics()
+    assert 'llmops_objects{kind="FineTuneJob",phase="Succeeded"} 1.0' in text
+    assert "llmops_reconcile_duration_seconds_bucket" in text
+
+
+def test_sigkill_during_reconciles_leaves_no_duplicates(cluster, custom, core, batch, namespace, operator):
+    names = [f"k{i}" for i in range(6)]
+    for name in names:
+        create(custom, namespace, finetunejob(name, sim=succeed_with({"status": "Succeeded", "artifactUri": f"file:///o/{name}"}, "3s")))
+    rng = random.Random(7)
+    for _ in range(6):
+        time.sleep(rng.uniform(0.1, 0.8))
+        operator.kill(signal.SIGKILL)
+        operator.start()
+    for name in names:
+        st = wait_phase(custom, namespace, name, "Succeeded", timeout=90)
+        assert st["result"]["artifactUri"] == f"file:///o/{name}"
+    jobs = [j.metadata.name for j in _jobs(batch, namespace)]
+    assert sorted(jobs) == sorted(names), jobs
+    config_maps = [c.metadata.name for c in core.list_namespaced_config_map(namespace).items if c.metadata.name != "kube-root-ca.crt"]
+    assert sorted(config_maps) == sorted(f"{n}-config" for n in names)
+    assert len(_pods(core, namespace)) == len(names)
