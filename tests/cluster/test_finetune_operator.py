@@ -212,3 +212,30 @@ def test_sigkill_during_reconciles_leaves_no_duplicates(cluster, custom, core, b
     config_maps = [c.metadata.name for c in core.list_namespaced_config_map(namespace).items if c.metadata.name != "kube-root-ca.crt"]
     assert sorted(config_maps) == sorted(f"{n}-config" for n in names)
     assert len(_pods(core, namespace)) == len(names)
+
+
+def test_progress_is_read_from_the_runners_metrics_endpoint(cluster, custom, core, namespace, operator):
+    """The runner's own gauges, served on the pod's (loopback) address, end up in status.progress."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    metrics_module = pytest.importorskip("llmops_runners.metrics", reason="needs the finetune extra (torch)")
+    create(custom, namespace, finetunejob("prog", sim={"outcome": "run"}))
+    wait_phase(custom, namespace, "prog", "Running")
+    pod = _pods(core, namespace, "llmops.dev/name=prog")[0]
+    gauges = metrics_module.TrainingGauges("prog")
+    gauges.step.set(30)
+    gauges.total_steps.set(120)
+    gauges.epoch.set(0.75)
+    gauges.loss.set(1.5)
+    gauges.learning_rate.set(1e-4)
+    gauges.tokens_per_second.set(2500)
+    server, thread = prometheus_client.start_http_server(9400, addr=pod.status.pod_ip, registry=gauges.registry)
+    try:
+        progress = wait_for(lambda: (status(custom, namespace, "prog").get("progress") or {}).get("step") == 30
+                            and status(custom, namespace, "prog")["progress"], what="progress scraped")
+    finally:
+        server.shutdown()
+    assert progress["totalSteps"] == 120 and progress["percent"] == "25%"
+    assert progress["loss"] == 1.5 and progress["tokensPerSecond"] == 2500 and progress["epoch"] == 0.75
+    assert re.fullmatch(r"\d+(h\d\dm|m\d\ds|s)", progress["eta"])
+    listing = cluster.kubectl("get", "ftj", "prog", "-n", namespace).stdout
+    assert "25%" in listing and "Running" in listing

@@ -1,0 +1,191 @@
+"""The FineTuneJob builders and the pure reconcile plan, without a cluster."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from llmops.builders import finetune as build
+from llmops.builders.common import InvalidLocation, child_name, resolve_location
+from llmops.conditions import set_condition
+from llmops.progress import format_duration, parse, progress_status
+from llmops.reconcile.finetune import Observed, plan
+from llmops.settings import Settings
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+SETTINGS = Settings()
+
+
+def body(name="ft", status=None, **spec):
+    base = {
+        "baseModel": {"uri": "pvc://models/base", "parameterCount": 1_000_000_000},
+        "dataset": {"uri": "pvc://data/train.jsonl"},
+        "method": "lora",
+        "resources": {"gpusPerNode": 1, "gpuType": "NVIDIA-H100-80GB-HBM3"},
+        "output": {"uri": "pvc://models/out"},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "llmops.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": "ns", "uid": "uid-1", "generation": 3},
+        "spec": base,
+        "status": status or {},
+    }
+
+
+def observe(b, jobs=(), pods=()):
+    return Observed(b, list(jobs), list(pods), NOW, {"NVIDIA-H100-80GB-HBM3": 81559})
+
+
+def job_obj(name, conditions=(), suspend=False, attempt=0):
+    return {"metadata": {"name": name, "uid": f"job-{name}"}, "spec": {"suspend": suspend},
+            "status": {"conditions": [{"type": t, "status": "True", **extra} for t, extra in conditions]}}
+
+
+def pod_obj(name, phase, attempt=0, exit_code=None, message="", conditions=(), node="n1", ip="127.1.0.5"):
+    terminated = {"exitCode": exit_code, "message": message} if exit_code is not None else None
+    return {
+        "metadata": {"name": name, "labels": {"llmops.dev/attempt": str(attempt)}},
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "podIP": ip, "conditions": list(conditions),
+                   "containerStatuses": [{"state": {"terminated": terminated} if terminated else {"running": {}}}]},
+    }
+
+
+def test_first_plan_creates_config_and_job_and_records_estimate():
+    p = plan(observe(body()), SETTINGS)
+    kinds = [c["kind"] for c in p.create]
+    assert kinds == ["ConfigMap", "Job"]
+    assert p.status["phase"] == "Pending" and p.status["selectedMethod"] == "lora"
+    assert p.status["vramEstimate"]["availableGib"] == 80.0  # the product table wins over the node's MiB label
+    assert p.status["observedGeneration"] == 3
+
+
+def test_plan_is_idempotent_on_the_same_observation():
+    b = body()
+    first = plan(observe(b), SETTINGS)
+    b["status"] = first.status
+    second = plan(observe(b), SETTINGS)
+    assert second.status == first.status and [c["metadata"]["name"] for c in second.create] == ["ft-config", "ft"]
+    assert second.events == []  # nothing changed, nothing to tell
+
+
+def test_runner_config_resolves_locations_and_holds_no_secret():
+    b = body(baseModel={"uri": "hf://org/m", "tokenSecretRef": {"name": "s"}}, output={"uri": "pvc://models/out/run1", "mergeLora": True})
+    from llmops.api.finetune import FineTuneJobSpec
+
+    spec = FineTuneJobSpec.model_validate(b["spec"])
+    config = build.runner_config(b, spec, "lora", SETTINGS)
+    assert config["model"] == {"path": "org/m", "revision": None, "tokenEnv": "HF_TOKEN"}
+    assert config["dataset"]["path"] == "/mnt/pvc/data/train.jsonl"
+    assert config["output"] == {"path": "/mnt/pvc/models/out/run1", "mergeLora": True}
+    assert config["lora"] == {} and "qlora" not in config
+    job = build.job(b, spec, SETTINGS, attempt=0)
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"data": True, "models": False}  # output claim writable, data read-only
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}
+    assert env["LLMOPS_CHECKPOINT_DIR"]["value"] == "/mnt/pvc/models/out/run1/checkpoints"
+
+
+def test_s3_locations_fail_with_an_actionable_reason():
+    p = plan(observe(body(dataset={"uri": "s3://bucket/train.jsonl"})), SETTINGS)
+    assert p.status["phase"] == "Failed" and p.create == []
+    failed = next(c for c in p.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "UnsupportedLocation" and "pvc://" in failed["message"]
+    with pytest.raises(InvalidLocation):
+        resolve_location("pvc:///path", "/mnt")
+
+
+def test_failed_attempt_restarts_group_then_fails():
+    b = body(backoffLimit=1, status={"selectedMethod": "lora", "attempt": 0, "restarts": 0})
+    report = json.dumps({"status": "Failed", "reason": "NCCLTimeout", "message": "rank 1 timed out"})
+    failed_job = job_obj("ft", [("Failed", {"reason": "BackoffLimitExceeded"})])
+    p = plan(observe(b, [failed_job], [pod_obj("ft-a", "Failed", exit_code=1, message=report)]), SETTINGS)
+    assert (p.status["attempt"], p.status["restarts"], p.status["phase"]) == (1, 1, "Pending")
+    assert ("Warning", "Restarting") in [(t, r) for t, r, _ in p.events]
+    b["status"] = p.status
+    second = plan(observe(b, [failed_job, job_obj("ft-r1", [("Failed", {})])], [pod_obj("ft-b", "Failed", attempt=1, exit_code=1, message=report)]), SETTINGS)
+    assert second.status["phase"] == "Failed"
+    cond = next(c for c in second.status["conditions"] if c["type"] == "Failed")
+    assert cond["reason"] == "NCCLTimeout" and "rank 1 timed out" in cond["message"] and "backoffLimit is 1" in cond["message"]
+
+
+def test_disruption_retries_without_counting():
+    b = body(backoffLimit=0, status={"selectedMethod": "lora", "attempt": 0, "restarts": 0})
+    evicted = pod_obj("ft-a", "Failed", conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}])
+    p = plan(observe(b, [job_obj("ft", [("Failed", {"reason": "PodFailurePolicy"})])], [evicted]), SETTINGS)
+    assert (p.status["attempt"], p.status["restarts"], p.status["phase"]) == (1, 0, "Pending")
+
+
+def test_exit_code_2_is_permanent():
+    b = body(backoffLimit=5, status={"selectedMethod": "lora", "attempt": 0, "restarts": 0})
+    bad = pod_obj("ft-a", "Failed", exit_code=2, message=json.dumps({"reason": "InvalidConfig", "message": "unknown target module foo."}))
+    p = plan(observe(b, [job_obj("ft", [("Failed", {})])], [bad]), SETTINGS)
+    assert p.status["phase"] == "Failed" and p.status["restarts"] == 0
+
+
+def test_terminal_status_is_left_alone():
+    b = body(status={"phase": "Failed", "selectedMethod": "lora"})
+    p = plan(observe(b), SETTINGS)
+    assert p.create == [] and p.patch_jobs == {} and p.status["phase"] == "Failed"
+
+
+def test_suspend_patches_the_job_and_resume_unsuspends():
+    b = body(suspend=True, status={"selectedMethod": "lora"})
+    p = plan(observe(b, [job_obj("ft")]), SETTINGS)
+    assert p.patch_jobs == {"ft": {"spec": {"suspend": True}}} and p.status["phase"] == "Suspended"
+    b = body(suspend=False, status=p.status)
+    p = plan(observe(b, [job_obj("ft", suspend=True)]), SETTINGS)
+    assert p.patch_jobs == {"ft": {"spec": {"suspend": False}}}
+
+
+def test_deadline_counts_from_start_and_deletes_the_running_job():
+    started = (NOW - timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    b = body(activeDeadlineSeconds=60, status={"selectedMethod": "lora", "startTime": started, "phase": "Running"})
+    p = plan(observe(b, [job_obj("ft")], [pod_obj("ft-a", "Running")]), SETTINGS)
+    assert p.delete_jobs == ["ft"] and p.status["phase"] == "Failed"
+    assert next(c for c in p.status["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_unknown_model_size_skips_preflight_and_auto_defaults_to_lora():
+    b = body(method="auto", baseModel={"uri": "pvc://models/base"})
+    p = plan(observe(b), SETTINGS)
+    fit = next(c for c in p.status["conditions"] if c["type"] == "ResourcesFit")
+    assert fit["status"] == "Unknown" and "parameterCount" in fit["message"]
+    assert p.status["selectedMethod"] == "lora" and "safe default" in p.status["methodReason"]
+
+
+def test_child_names_stay_dns_labels():
+    name = child_name("a" * 52, "r12")
+    assert len(name) <= 63 and name.endswith("-r12")
+    assert child_name("x" * 70) != child_name("x" * 71)
+    assert build.job_name("ft", 0) == "ft" and build.job_name("ft", 2) == "ft-r2"
+
+
+def test_condition_transition_time_moves_only_on_status_change():
+    t1, t2 = NOW, NOW + timedelta(minutes=5)
+    conds = set_condition(None, "Running", True, "PodsRunning", "1 of 1", 1, t1)
+    same = set_condition(conds, "Running", True, "PodsRunning", "still", 2, t2)
+    flipped = set_condition(same, "Running", False, "Completed", "done", 2, t2)
+    assert same[0]["lastTransitionTime"] == "2026-11-23T12:00:00Z" and same[0]["observedGeneration"] == 2
+    assert flipped[0]["lastTransitionTime"] == "2026-11-23T12:05:00Z"
+
+
+def test_progress_from_runner_metrics():
+    text = (
+        "# TYPE llmops_finetune_step gauge\nllmops_finetune_step{job_name=\"ft\"} 25.0\n"
+        "# TYPE llmops_finetune_total_steps gauge\nllmops_finetune_total_steps{job_name=\"ft\"} 100.0\n"
+        "# TYPE llmops_finetune_loss gauge\nllmops_finetune_loss{job_name=\"ft\"} 1.25\n"
+        "# TYPE llmops_finetune_eval_loss gauge\nllmops_finetune_eval_loss{job_name=\"ft\"} NaN\n"
+    )
+    values = parse(text)
+    out = progress_status(values, NOW - timedelta(seconds=100), NOW)
+    # 25 steps in 100 s: 4 s a step, 75 steps left → 300 s.
+    assert out["step"] == 25 and out["totalSteps"] == 100 and out["percent"] == "25%" and out["eta"] == "5m00s"
+    assert out["loss"] == 1.25 and "evalLoss" not in out
+    assert format_duration(3725) == "1h02m"
