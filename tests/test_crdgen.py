@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ def test_crds_match_generator_output():
 
 
 def test_check_mode_detects_drift(tmp_path):
+    shutil.copytree(REPO / "dashboards", tmp_path / "dashboards")
     assert crdgen.main(["--root", str(tmp_path)]) == 0  # writes a fresh copy
     assert crdgen.main(["--root", str(tmp_path), "--check"]) == 0
     target = tmp_path / "crds" / "llmops.dev_finetunejobs.yaml"

@@ -1,6 +1,6 @@
 """Generate the CustomResourceDefinitions in crds/ from the pydantic API models.
 
-    llmops-crdgen            # rewrite crds/ (and the Helm chart's copy)
+    llmops-crdgen            # rewrite crds/ and the Helm chart's generated files
     llmops-crdgen --check    # exit 1 when crds/ is stale
 
 pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3
@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .api import CATEGORY, GROUP, KINDS, VERSION, Kind
+from .rbac import CLUSTER_RULES, PEERING_CRDS
 
 # Bounds added where a model gives none: the API server estimates CEL cost from
 # them and refuses a CRD whose rules could run unbounded.
@@ -215,12 +216,18 @@ def render(kind: Kind) -> str:
 
 def targets(root: Path) -> dict[Path, str]:
     """Every file the generator owns, with its wanted content."""
+    chart = root / "charts" / "llmops"
+    texts = {f"{GROUP}_{kind.plural}.yaml": render(kind) for kind in KINDS}
+    texts["kopf.dev_peerings.yaml"] = HEADER + yaml.safe_dump_all(PEERING_CRDS, sort_keys=False, width=120)
     files: dict[Path, str] = {}
-    for kind in KINDS:
-        text = render(kind)
-        name = f"{GROUP}_{kind.plural}.yaml"
+    for name, text in texts.items():
         files[root / "crds" / name] = text
-        files[root / "charts" / "llmops" / "crds" / name] = text
+        files[chart / "crds" / name] = text
+    files[chart / "files" / "clusterrole-rules.yaml"] = HEADER + yaml.safe_dump(CLUSTER_RULES, sort_keys=False, width=120)
+    # Helm reads only files inside the chart: copies of dashboards/ (the place people edit them).
+    files[chart / "files" / "alerts.yaml"] = (root / "dashboards" / "alerts.yaml").read_text()
+    for board in sorted((root / "dashboards").glob("*.json")):
+        files[chart / "files" / "dashboards" / board.name] = board.read_text()
     return files
 
 

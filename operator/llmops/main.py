@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 
 import kopf
@@ -56,22 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmops-operator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default all")
     parser.add_argument("--standalone", action="store_true", help="no peering with other replicas")
-    parser.add_argument("--priority", type=int, default=int(os.environ.get("LLMOPS_PEERING_PRIORITY", "0")),
-                        help="peering priority: the highest-priority replica acts, the others stand by")
+    parser.add_argument("--priority", default=os.environ.get("LLMOPS_PEERING_PRIORITY", "0"),
+                        help="peering priority: the highest-priority replica acts, the others stand by; "
+                             "'auto' draws a random one (replicas of one Deployment must differ, or all of them pause)")
     parser.add_argument("--liveness", default=os.environ.get("LLMOPS_LIVENESS", "http://0.0.0.0:8080/healthz"))
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    priority = random.randint(1, 1_000_000) if args.priority == "auto" else int(args.priority)
     metrics.serve(settings.metrics_port)
     from . import handlers  # noqa: F401  (registers the handlers)
 
-    log.info("llmops-operator: metrics on :%d, namespaces %s", settings.metrics_port, args.namespace or "all")
+    log.info("llmops-operator: metrics on :%d, namespaces %s, peering priority %d", settings.metrics_port, args.namespace or "all", priority)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=args.standalone,
-        priority=args.priority,
+        priority=priority,
         peering_name="llmops",
         liveness_endpoint=args.liveness or None,
     )

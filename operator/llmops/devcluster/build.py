@@ -23,7 +23,8 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"  # the etcd line k8s.io/kubernetes v1.36.3 pins
 KWOK_VERSION = "v0.8.0"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+HELM_VERSION = "v3.22.0"  # to lint and render the chart in tests
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm")
 
 GOMOD_DIR = Path(__file__).with_name("gomod")
 KUBE_PACKAGES = {
@@ -34,6 +35,7 @@ KUBE_PACKAGES = {
 }
 ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"
 KWOK_PACKAGE = "sigs.k8s.io/kwok/cmd/kwok"
+HELM_PACKAGE = "helm.sh/helm/v3/cmd/helm"
 
 
 class BuildError(RuntimeError):
@@ -48,7 +50,7 @@ def _build_key() -> str:
     digest = hashlib.sha256()
     for name in ("go.mod", "go.sum"):
         digest.update((GOMOD_DIR / name).read_bytes())
-    digest.update(f"{KUBERNETES_VERSION} {ETCD_VERSION} {KWOK_VERSION}".encode())
+    digest.update(f"{KUBERNETES_VERSION} {ETCD_VERSION} {KWOK_VERSION} {HELM_VERSION}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -94,14 +96,19 @@ def ensure_binaries(log=lambda msg: print(msg, file=sys.stderr)) -> Path:
                 f"-s -w -X {stamp}.gitVersion={KUBERNETES_VERSION} -X {stamp}.gitMajor=1 "
                 f"-X {stamp}.gitMinor={minor} -X {stamp}.gitTreeState=clean"
             )
-            _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(target) + "/", *KUBE_PACKAGES.values()], Path(work), env, log)
-            _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "etcd"), ETCD_PACKAGE], Path(work), env, log)
-        _run(
-            ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{KWOK_PACKAGE}@{KWOK_VERSION}"],
-            target,
-            {**env, "GOBIN": str(target), "GOFLAGS": ""},
-            log,
-        )
+            if not all((target / name).is_file() for name in KUBE_PACKAGES):
+                _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(target) + "/", *KUBE_PACKAGES.values()], Path(work), env, log)
+            if not (target / "etcd").is_file():
+                _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "etcd"), ETCD_PACKAGE], Path(work), env, log)
+        # kwok and helm carry no replace directives: `go install pkg@version` builds them as pinned.
+        for package, version in ((KWOK_PACKAGE, KWOK_VERSION), (HELM_PACKAGE, HELM_VERSION)):
+            if not (target / package.rsplit("/", 1)[-1]).is_file():
+                _run(
+                    ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{package}@{version}"],
+                    target,
+                    {**env, "GOBIN": str(target), "GOFLAGS": ""},
+                    log,
+                )
         log(f"built in {time.monotonic() - started:.0f}s")
     if not binaries_present(target):
         raise BuildError(f"build finished but {target} lacks some of {', '.join(COMPONENTS)}")
