@@ -189,3 +189,12 @@ def test_progress_from_runner_metrics():
     assert out["step"] == 25 and out["totalSteps"] == 100 and out["percent"] == "25%" and out["eta"] == "5m00s"
     assert out["loss"] == 1.25 and "evalLoss" not in out
     assert format_duration(3725) == "1h02m"
+
+
+def test_failed_create_events_explain_missing_pods():
+    b = body(status={"selectedMethod": "lora", "jobName": "ft"})
+    obs = observe(b, [job_obj("ft")])
+    obs.failed_creates = ['pods "ft-" is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1']
+    p = plan(obs, SETTINGS)
+    running = next(c for c in p.status["conditions"] if c["type"] == "Running")
+    assert (running["reason"], p.status["phase"]) == ("FailedCreate", "Pending") and "exceeded quota" in running["message"]

@@ -68,6 +68,13 @@ class Kube:
         resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
         return self._json(resp)["items"]
 
+    def failed_create_messages(self, namespace: str, job: str) -> list[str]:
+        """The Job controller's FailedCreate events for a Job: why its pods do not appear."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+        resp = self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
+        items = sorted(self._json(resp)["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return [e.get("message", "") for e in items]
+
     def create(self, obj: dict[str, Any]) -> bool:
         """Create a child; an existing one is fine (reconciles are idempotent). True if created now."""
         namespace, kind = obj["metadata"]["namespace"], obj["kind"]

@@ -18,7 +18,8 @@ CLUSTER_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    # Events: ours to post, and the Job controller's FailedCreate to read (quota, admission, missing PriorityClass).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # GPU memory per product, from GPU feature discovery labels.
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},

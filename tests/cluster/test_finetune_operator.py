@@ -239,3 +239,11 @@ def test_progress_is_read_from_the_runners_metrics_endpoint(cluster, custom, cor
     assert re.fullmatch(r"\d+(h\d\dm|m\d\ds|s)", progress["eta"])
     listing = cluster.kubectl("get", "ftj", "prog", "-n", namespace).stdout
     assert "25%" in listing and "Running" in listing
+
+
+def test_pods_refused_at_admission_are_reported(custom, namespace, operator):
+    """The Job controller cannot create pods (here: a missing PriorityClass): status says why."""
+    create(custom, namespace, finetunejob("noprio", sim={"outcome": "run"}, scheduling={"priorityClassName": "does-not-exist"}))
+    st = wait_for(lambda: (s := status(custom, namespace, "noprio")) and (condition(s, "Running") or {}).get("reason") == "FailedCreate" and s,
+                  what="FailedCreate reported")
+    assert st["phase"] == "Pending" and "does-not-exist" in st["message"]

@@ -1,7 +1,8 @@
 """llmops-devcluster: a local Kubernetes control plane with simulated GPU nodes.
 
     llmops-devcluster build          compile the pinned binaries once (cached)
-    llmops-devcluster up [--crds]    start etcd, apiserver, controller-manager, scheduler, kwok + GPU nodes
+    llmops-devcluster up [--crds DIR] [--operator]
+                                     start etcd, apiserver, controller-manager, scheduler, kwok + GPU nodes
     llmops-devcluster status         show components and nodes
     llmops-devcluster env            print `export KUBECONFIG=...`
     llmops-devcluster kubectl ARGS   run the matching kubectl against the cluster
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start the cluster")
     up.add_argument("--nodes", type=int, default=None, help="number of 8-GPU H100 nodes instead of the default mixed pool")
     up.add_argument("--crds", type=Path, default=None, help="folder of CRDs to install once the cluster is up")
+    up.add_argument("--operator", action="store_true", help="also run llmops-operator against the cluster (log in <dir>/logs)")
     sub.add_parser("down", help="stop the cluster")
     sub.add_parser("status", help="show the cluster")
     sub.add_parser("env", help="print the KUBECONFIG export")
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         cluster.up(node_count=args.nodes)
         if args.crds:
             install_crds(cluster, args.crds)
+        if args.operator:
+            cluster.start_operator()
+            print(f"llmops-operator running; log: {cluster.logs / 'llmops-operator.log'}")
         print(f"export KUBECONFIG={cluster.kubeconfig}")
     elif args.command == "down":
         cluster.down()

@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -156,10 +157,28 @@ class LocalCluster:
     def apply(self, objects: list[dict[str, Any]]) -> None:
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
 
-    def _spawn(self, state: ClusterState, name: str, argv: list[str]) -> None:
+    def start_operator(self) -> None:
+        """Run llmops-operator against this cluster as one more component (stopped by `down`)."""
+        state = self.state()
+        if state is None:
+            raise ClusterError(f"no cluster in {self.root}")
+        if "llmops-operator" in state.pids and _alive(state.pids["llmops-operator"]):
+            return
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "LLMOPS_METRICS_PORT": str(free_port()),
+            "LLMOPS_PROGRESS_INTERVAL": "5",
+            # The simulated cluster needs no hub: no model-config lookups unless asked for.
+            "LLMOPS_HF_ENDPOINT": os.environ.get("LLMOPS_HF_ENDPOINT", ""),
+        }
+        self._spawn(state, "llmops-operator", [sys.executable, "-m", "llmops.main", "--standalone",
+                                               "--liveness", f"http://127.0.0.1:{free_port()}/healthz"], env=env)
+
+    def _spawn(self, state: ClusterState, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out = open(self.logs / f"{name}.log", "ab")
         # A new session: the components outlive `llmops-devcluster up`.
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         out.close()
         state.pids[name] = proc.pid
         self._save(state)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from typing import Any
 
 import kopf
@@ -29,8 +28,43 @@ CHILD_LABELS = {LABEL_KIND: "finetunejob", LABEL_MANAGED_BY: MANAGED_BY}
 
 log = logging.getLogger("llmops.finetune")
 SETTINGS = Settings.from_env()
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _kube: Kube | None = None
+
+
+class Coalescer:
+    """At most one reconcile per object runs; requests arriving meanwhile fold into one re-run.
+
+    A training pod's status changes in bursts (scheduled, started, ready); each
+    would otherwise queue a full reconcile behind the running one.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, str]] = set()
+        self._dirty: set[tuple[str, str]] = set()
+
+    def run(self, key: tuple[str, str], work) -> None:
+        with self._lock:
+            if key in self._running:
+                self._dirty.add(key)
+                return
+            self._running.add(key)
+        try:
+            while True:
+                work()
+                with self._lock:
+                    if key not in self._dirty:
+                        self._running.discard(key)
+                        return
+                    self._dirty.discard(key)
+        except BaseException:
+            with self._lock:
+                self._running.discard(key)
+                self._dirty.discard(key)
+            raise
+
+
+_coalescer = Coalescer()
 
 
 def kube() -> Kube:
@@ -44,9 +78,13 @@ def _owned_by(obj: dict[str, Any], uids: set[str]) -> bool:
     return any(ref.get("uid") in uids for ref in obj["metadata"].get("ownerReferences") or [])
 
 
-def reconcile(namespace: str, name: str, scrape_progress: bool = False, _depth: int = 0) -> None:
+def reconcile(namespace: str, name: str, scrape_progress: bool = False) -> None:
     # One reconcile per object at a time: events for its Jobs, pods and itself race otherwise.
-    with _locks[(namespace, name)], metrics.reconcile_timer(KIND):
+    _coalescer.run((namespace, name), lambda: _reconcile(namespace, name, scrape_progress))
+
+
+def _reconcile(namespace: str, name: str, scrape_progress: bool, _depth: int = 0) -> None:
+    with metrics.reconcile_timer(KIND):
         k = kube()
         body = k.get_custom(PLURAL, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -60,7 +98,8 @@ def reconcile(namespace: str, name: str, scrape_progress: bool = False, _depth: 
         if not old_status.get("selectedMethod"):
             base = (body.get("spec") or {}).get("baseModel") or {}
             model_config = modelinfo.fetch_config(base.get("uri", ""), base.get("revision"))
-        result = plan(Observed(body, jobs, pods, now(), k.gpu_memory_mib(), model_config), SETTINGS)
+        failed_creates = _failed_creates(k, namespace, old_status, jobs, pods)
+        result = plan(Observed(body, jobs, pods, now(), k.gpu_memory_mib(), model_config, failed_creates), SETTINGS)
 
         for child in result.create:
             if k.create(child):
@@ -77,7 +116,17 @@ def reconcile(namespace: str, name: str, scrape_progress: bool = False, _depth: 
             k.event(body, type_, reason, message)
         metrics.observe_object(KIND, namespace, name, result.status.get("phase"), result.status.get("gpus") or 0)
     if result.status.get("attempt") != old_status.get("attempt") and _depth < 2:
-        reconcile(namespace, name, _depth=_depth + 1)  # start the next attempt now, not at the next event
+        _reconcile(namespace, name, False, _depth + 1)  # start the next attempt now, not at the next event
+
+
+def _failed_creates(k: Kube, namespace: str, status: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[str]:
+    """FailedCreate events, looked up only when the current Job has fewer pods than it wants."""
+    current = next((j for j in jobs if j["metadata"]["name"] == status.get("jobName")), None)
+    if current is None or (current.get("status") or {}).get("conditions"):
+        return []
+    wanted = current["spec"].get("parallelism") or 1
+    mine = [p for p in pods if _owned_by(p, {current["metadata"]["uid"]})]
+    return k.failed_create_messages(namespace, current["metadata"]["name"]) if len(mine) < wanted and not current["spec"].get("suspend") else []
 
 
 def _add_progress(status: dict[str, Any], pods: list[dict[str, Any]]) -> None:

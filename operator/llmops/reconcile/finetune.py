@@ -34,6 +34,7 @@ class Observed:
     now: datetime
     gpu_memory_mib: dict[str, int] = field(default_factory=dict)  # product label → MiB, from the nodes
     model_config: dict[str, Any] | None = None  # the base model's config.json when reachable
+    failed_creates: list[str] = field(default_factory=list)  # FailedCreate events of the current Job, oldest first
 
 
 @dataclass
@@ -155,7 +156,7 @@ def _plan(observed: Observed, settings: Settings, status: _Status, out: Plan) ->
         status.phase("Suspended" if wants_suspend else "Pending", message)
         return
     status.condition(cond.SUSPENDED, False, "Resumed", "spec.suspend is false")
-    _active(spec, status, current, pods)
+    _active(spec, status, current, pods, observed.failed_creates)
 
 
 def _preflight(observed: Observed, spec: FineTuneJobSpec, status: _Status) -> str | None:
@@ -235,8 +236,14 @@ def _waiting(spec: FineTuneJobSpec, status: _Status, reason: str, message: str) 
     status.condition(cond.RUNNING, False, reason, message)
 
 
-def _active(spec: FineTuneJobSpec, status: _Status, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+def _active(spec: FineTuneJobSpec, status: _Status, job: dict[str, Any], pods: list[dict[str, Any]], failed_creates: list[str]) -> None:
     nodes = spec.resources.nodes
+    if len(pods) < nodes and failed_creates:
+        # Pods refused at admission (quota, policy, a missing PriorityClass): may heal, so not Failed.
+        message = f"the Job cannot create its pods: {failed_creates[-1]}"
+        status.condition(cond.RUNNING, False, "FailedCreate", message)
+        status.phase("Pending", message)
+        return
     blocked = [m for m in (unschedulable_message(p) for p in pods) if m]
     if blocked:
         message = f"pods cannot be scheduled: {blocked[0]}"
@@ -358,5 +365,5 @@ def _events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, st
 
 WARNING_REASONS = {
     "InsufficientGPUMemory", "Unschedulable", "Restarting", "Disrupted", "DeadlineExceeded",
-    "InvalidSpec", "UnsupportedLocation", "BackoffLimitExceeded", "EstimateUnavailable",
+    "InvalidSpec", "UnsupportedLocation", "BackoffLimitExceeded", "EstimateUnavailable", "FailedCreate",
 }
