@@ -46,7 +46,7 @@ class Kube:
     # -- our objects -----------------------------------------------------
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            return self._json(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -54,7 +54,9 @@ class Kube:
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
-            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": status})
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status}, _preload_content=False
+            )
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
@@ -85,7 +87,9 @@ class Kube:
             "Deployment": client.AppsV1Api(self.api).create_namespaced_deployment,
         }
         try:
-            creators[kind](namespace, obj)
+            # _preload_content=False everywhere we write: the typed client's response
+            # deserialisation costs more CPU than the request itself.
+            creators[kind](namespace, obj, _preload_content=False)
             return True
         except ApiException as exc:
             if exc.status == 409:
@@ -93,11 +97,11 @@ class Kube:
             raise
 
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.batch.patch_namespaced_job(name, namespace, patch)
+        self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False)
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background", _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -142,6 +146,6 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], event)
+            self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
         except ApiException as exc:  # events are best effort: never fail a reconcile on them
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)

@@ -13,11 +13,12 @@ import argparse
 import logging
 import os
 import random
+import socket
 import sys
 
 import kopf
 
-from . import metrics
+from . import metrics, peering
 from .settings import FINALIZER, PREFIX, Settings
 
 log = logging.getLogger("llmops")
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     priority = random.randint(1, 1_000_000) if args.priority == "auto" else int(args.priority)
+    identity = f"llmops-{socket.gethostname()}-{os.getpid()}"
+    peering.configure(peering.Peering(identity=identity, priority=priority, standalone=args.standalone, namespaces=args.namespace))
     metrics.serve(settings.metrics_port)
     from . import handlers  # noqa: F401  (registers the handlers)
 
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=args.namespace,
         standalone=args.standalone,
         priority=priority,
+        identity=identity,
         peering_name="llmops",
         liveness_endpoint=args.liveness or None,
     )

@@ -247,3 +247,45 @@ def test_pods_refused_at_admission_are_reported(custom, namespace, operator):
     st = wait_for(lambda: (s := status(custom, namespace, "noprio")) and (condition(s, "Running") or {}).get("reason") == "FailedCreate" and s,
                   what="FailedCreate reported")
     assert st["phase"] == "Pending" and "does-not-exist" in st["message"]
+
+
+def test_disrupted_pod_restarts_the_group_without_counting(custom, core, batch, namespace, operator):
+    """A preempted pod (DisruptionTarget) fails the Job through its podFailurePolicy; the retry is free."""
+    create(custom, namespace, finetunejob("pre", sim={"outcome": "run"}, backoffLimit=0))
+    wait_phase(custom, namespace, "pre", "Running")
+    pod = _pods(core, namespace, "llmops.dev/name=pre")[0]
+    now = pod.status.start_time.isoformat()
+    core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+        "phase": "Failed",
+        "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                        "message": "preempted by a higher-priority pod", "lastTransitionTime": now}],
+    }})
+    st = wait_for(lambda: (s := status(custom, namespace, "pre")).get("attempt") == 1 and s.get("phase") == "Running" and s,
+                  timeout=60, what="second attempt running")
+    assert st["restarts"] == 0
+    assert [j.metadata.name for j in _jobs(batch, namespace)] == ["pre", "pre-r1"]
+    assert "Disrupted" in [e.reason for e in events(core, namespace, "pre")]
+
+
+def test_deadline_can_be_extended_while_running(custom, batch, namespace, operator):
+    create(custom, namespace, finetunejob("ext", sim={"outcome": "run"}, activeDeadlineSeconds=600))
+    wait_phase(custom, namespace, "ext", "Running")
+    patch_spec(custom, namespace, "ext", {"activeDeadlineSeconds": 7200})
+    wait_for(lambda: 7000 < (batch.read_namespaced_job("ext", namespace).spec.active_deadline_seconds or 0) <= 7200,
+             what="Job deadline follows the spec")
+
+
+def test_deletion_needs_no_operator(cluster, custom, core, batch, namespace, operator):
+    """No finalizer: a FineTuneJob deleted while the operator is down goes, and its children with it."""
+    create(custom, namespace, finetunejob("gone", sim={"outcome": "run"}))
+    wait_phase(custom, namespace, "gone", "Running")
+    assert not get_finalizers(custom, namespace, "gone")
+    operator.kill(signal.SIGKILL)
+    custom.delete_namespaced_custom_object("llmops.dev", "v1alpha1", namespace, "finetunejobs", "gone")
+    wait_for(lambda: not custom.list_namespaced_custom_object("llmops.dev", "v1alpha1", namespace, "finetunejobs")["items"], what="object deleted")
+    wait_for(lambda: not _jobs(batch, namespace), what="Job garbage-collected")
+    wait_for(lambda: [c.metadata.name for c in core.list_namespaced_config_map(namespace).items] == ["kube-root-ca.crt"], what="ConfigMap garbage-collected")
+
+
+def get_finalizers(custom, namespace, name):
+    return custom.get_namespaced_custom_object("llmops.dev", "v1alpha1", namespace, "finetunejobs", name)["metadata"].get("finalizers")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
-from .. import metrics, modelinfo
+from .. import metrics, modelinfo, peering
 from ..api import GROUP, VERSION
 from ..conditions import now, parse_time
 from ..kube import Kube
@@ -89,6 +90,7 @@ def _reconcile(namespace: str, name: str, scrape_progress: bool, _depth: int = 0
         body = k.get_custom(PLURAL, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             metrics.forget_object(KIND, namespace, name)
+            TICKER.track(namespace, name, None)
             return
         selector = f"{LABEL_KIND}=finetunejob,{LABEL_NAME}={name}"
         jobs = [j for j in k.list_jobs(namespace, selector) if _owned_by(j, {body["metadata"]["uid"]})]
@@ -115,6 +117,7 @@ def _reconcile(namespace: str, name: str, scrape_progress: bool, _depth: int = 0
         for type_, reason, message in result.events:
             k.event(body, type_, reason, message)
         metrics.observe_object(KIND, namespace, name, result.status.get("phase"), result.status.get("gpus") or 0)
+        TICKER.track(namespace, name, result.status.get("phase"))
     if result.status.get("attempt") != old_status.get("attempt") and _depth < 2:
         _reconcile(namespace, name, False, _depth + 1)  # start the next attempt now, not at the next event
 
@@ -152,14 +155,53 @@ def finetunejob_changed(namespace: str, name: str, **_: Any) -> None:
     reconcile(namespace, name)
 
 
-@kopf.timer(
-    GROUP, VERSION, PLURAL,
-    interval=SETTINGS.progress_interval,
-    when=lambda status, **_: status.get("phase") in ("Pending", "Running"),
-)
-def finetunejob_tick(namespace: str, name: str, **_: Any) -> None:
-    """Progress scraping, and a periodic resync in case an event was missed."""
-    reconcile(namespace, name, scrape_progress=True)
+class Ticker:
+    """Every interval: scrape progress of active jobs and resync them in case an event was missed.
+
+    Not a Kopf timer: those put a finalizer on every object, and a finalizer
+    keeps a FineTuneJob from being deleted while the operator is down.
+    """
+
+    def __init__(self):
+        self.active: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmops-tick")
+
+    def track(self, namespace: str, name: str, phase: str | None) -> None:
+        with self.lock:
+            if phase in ("Pending", "Running"):
+                self.active.add((namespace, name))
+            else:
+                self.active.discard((namespace, name))
+
+    def run(self) -> None:
+        while not self.stop.wait(SETTINGS.progress_interval):
+            if peering.current().paused(kube()):
+                continue  # a peer of higher priority is the active replica
+            with self.lock:
+                keys = sorted(self.active)
+            list(self.pool.map(self._tick, keys))
+
+    @staticmethod
+    def _tick(key: tuple[str, str]) -> None:
+        try:
+            reconcile(*key, scrape_progress=True)
+        except Exception:  # noqa: BLE001 - one object's trouble must not stop the others' ticks
+            log.exception("periodic reconcile of %s/%s failed", *key)
+
+
+TICKER = Ticker()
+
+
+@kopf.on.startup()
+def start_ticker(**_: Any) -> None:
+    threading.Thread(target=TICKER.run, name="llmops-ticker", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_ticker(**_: Any) -> None:
+    TICKER.stop.set()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)

@@ -348,22 +348,23 @@ def _deadline_passed(spec: FineTuneJobSpec, status: _Status) -> bool:
 
 
 def _events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """One event per phase change and per condition that changed status or reason."""
+    """The story `kubectl describe` tells: a condition turning True, a condition turning
+    back (e.g. resumed), and every notable reason; not the initial False of each condition."""
     events = []
-    if old.get("phase") != new.get("phase") and new.get("phase"):
-        kind = "Warning" if new["phase"] == "Failed" else "Normal"
-        events.append((kind, new["phase"], new.get("message") or new["phase"]))
     for c in cond.changed(old.get("conditions"), new.get("conditions")):
-        if c["type"] in (cond.FAILED, cond.SUCCEEDED) and c["status"] != "True":
-            continue  # the mirror of the other aggregate: one event is enough
-        if c["type"] == cond.RUNNING and c["reason"] == "Completed":
-            continue
-        kind = "Warning" if c["reason"] in WARNING_REASONS else "Normal"
-        events.append((kind, c["reason"], c["message"]))
+        before = cond.find(old.get("conditions"), c["type"])
+        flipped = before is not None and before.get("status") != c["status"]
+        if c["status"] == "True" or flipped or c["reason"] in NOTABLE_REASONS:
+            if c["type"] == cond.SUCCEEDED and c["status"] != "True" or c["type"] == cond.RUNNING and c["reason"] == "Completed":
+                continue  # the mirror of Failed / the end of Running: told by the other condition
+            kind = "Warning" if c["reason"] in WARNING_REASONS else "Normal"
+            events.append((kind, c["reason"], c["message"]))
     return events
 
 
+NOTABLE_REASONS_EXTRA = {"JobCreated"}
 WARNING_REASONS = {
     "InsufficientGPUMemory", "Unschedulable", "Restarting", "Disrupted", "DeadlineExceeded",
     "InvalidSpec", "UnsupportedLocation", "BackoffLimitExceeded", "EstimateUnavailable", "FailedCreate",
 }
+NOTABLE_REASONS = WARNING_REASONS | NOTABLE_REASONS_EXTRA
