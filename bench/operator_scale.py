@@ -107,6 +107,23 @@ def guarded(target):
     return run
 
 
+def reconcile_summary(port: int) -> str:
+    """Reconciles done and their mean duration, from the operator's own /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("kind") == "FineTuneJob":
+                values[(sample.name, sample.labels.get("result"))] = sample.value
+    count = values.get(("llmops_reconcile_duration_seconds_count", None), 0)
+    total = values.get(("llmops_reconcile_duration_seconds_sum", None), 0)
+    return f"operator reconciles: {count:.0f}, mean {1000 * total / max(count, 1):.0f} ms each"
+
+
 def percentiles(values: list[float]) -> tuple[float, float]:
     ordered = sorted(values)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
@@ -140,7 +157,8 @@ def main() -> int:
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
             while not any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(NAMESPACE).items):
                 time.sleep(0.2)
-            env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "LLMOPS_METRICS_PORT": str(free_port()), "LLMOPS_HF_ENDPOINT": ""}
+            metrics_port = free_port()
+            env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "LLMOPS_METRICS_PORT": str(metrics_port), "LLMOPS_HF_ENDPOINT": ""}
             log = open(Path(tmp) / "operator.log", "wb")
             operator = subprocess.Popen(
                 [sys.executable, "-m", "llmops.main", "--standalone", "-n", NAMESPACE, "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
@@ -183,6 +201,7 @@ def main() -> int:
                 print(f"ratio create->Job / Job->Pod at p50: {percentiles(to_job)[0] / max(percentiles(job_to_pod)[0], 1e-3):.2f}x, "
                       f"at p95: {percentiles(to_job)[1] / max(percentiles(job_to_pod)[1], 1e-3):.2f}x")
             print(f"operator peak RSS {rss:.0f} MiB, CPU {cpu:.1f} s ({cpu / wall:.2f} cores over the run)")
+            print(reconcile_summary(metrics_port))
             return 0 if len(to_running) == len(names) else 1
         finally:
             if operator:

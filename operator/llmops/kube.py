@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -38,38 +40,27 @@ class Kube:
         self._nodes_at = 0.0
         self._gpu_memory: dict[str, int] = {}
         self._nodes_lock = threading.Lock()
+        self._events: queue.Queue = queue.Queue()
+        for i in range(2):
+            threading.Thread(target=self._post_events, name=f"llmops-events-{i}", daemon=True).start()
 
     @staticmethod
     def _json(response) -> dict[str, Any]:
         return json.loads(response.data)
 
     # -- our objects -----------------------------------------------------
-    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch status; returns the updated object (None if it is gone)."""
         try:
-            return self._json(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        try:
-            self.custom.patch_namespaced_custom_object_status(
+            return self._json(self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name, {"status": status}, _preload_content=False
-            )
+            ))
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
+            return None
 
     # -- children ----------------------------------------------------------
-    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        resp = self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
-        return self._json(resp)["items"]
-
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
-        return self._json(resp)["items"]
-
     def failed_create_messages(self, namespace: str, job: str) -> list[str]:
         """The Job controller's FailedCreate events for a Job: why its pods do not appear."""
         selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
@@ -77,8 +68,8 @@ class Kube:
         items = sorted(self._json(resp)["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         return [e.get("message", "") for e in items]
 
-    def create(self, obj: dict[str, Any]) -> bool:
-        """Create a child; an existing one is fine (reconciles are idempotent). True if created now."""
+    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a child; an existing one is fine (reconciles are idempotent). The new object, or None if it existed."""
         namespace, kind = obj["metadata"]["namespace"], obj["kind"]
         creators = {
             "ConfigMap": self.core.create_namespaced_config_map,
@@ -89,15 +80,18 @@ class Kube:
         try:
             # _preload_content=False everywhere we write: the typed client's response
             # deserialisation costs more CPU than the request itself.
-            creators[kind](namespace, obj, _preload_content=False)
-            return True
+            created = self._json(creators[kind](namespace, obj, _preload_content=False))
+            created.setdefault("kind", kind)
+            return created
         except ApiException as exc:
             if exc.status == 409:
-                return False
+                return None
             raise
 
-    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False)
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        job = self._json(self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False))
+        job.setdefault("kind", "Job")
+        return job
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
@@ -123,7 +117,27 @@ class Kube:
 
     # -- events ------------------------------------------------------------
     def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the object, what `kubectl describe` shows."""
+        """Queue a core/v1 Event on the object (what `kubectl describe` shows); posted in the background.
+
+        Events are best effort: a reconcile should not wait for them, nor fail on them.
+        """
+        self._events.put((copy.deepcopy(body), type_, reason, message))
+
+    def _post_events(self) -> None:
+        while True:
+            body, type_, reason, message = self._events.get()
+            try:
+                self._post_event(body, type_, reason, message)
+            finally:
+                self._events.task_done()
+
+    def flush_events(self, timeout: float = 10.0) -> None:
+        """Wait until queued events are posted (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._events.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = body["metadata"]
         stamp = timestamp(now())
         event = {

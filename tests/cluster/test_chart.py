@@ -115,7 +115,7 @@ def test_peering_second_replica_stands_by_then_takes_over(cluster, custom, names
         wait_for(lambda: "Pausing operations" in standby.log_tail(10**6), timeout=30, what="standby pauses")
         create(custom, namespace, finetunejob("first", sim=succeed_with({"status": "Succeeded"}, "1s")))
         wait_phase(custom, namespace, "first", "Succeeded")
-        assert "finetunejob_changed" in active.log_tail(10**6) and "finetunejob_changed" not in standby.log_tail(10**6)
+        assert "finetunejob_event" in active.log_tail(10**6) and "finetunejob_event" not in standby.log_tail(10**6)
         active.kill(signal.SIGTERM)  # a graceful exit withdraws from the peering at once
         wait_for(lambda: "Resuming operations" in standby.log_tail(10**6), timeout=60, what="standby resumes")
         create(custom, namespace, finetunejob("second", sim=succeed_with({"status": "Succeeded"}, "1s")))

@@ -1,10 +1,11 @@
 """Kopf handlers for FineTuneJob: thin triggers around one level-based reconcile.
 
-Whatever wakes us (the object changed, one of its Jobs or pods changed, the
-progress timer fired, the operator restarted), the same `reconcile` runs: read
-the object and its children, `plan()`, apply. No deletion handler and so no
-finalizer: children go with the object through owner references, even while
-the operator is down.
+Whatever wakes us (a watch event of the object, of one of its Jobs or pods, the
+periodic tick, the initial listing after a restart), the same `reconcile` runs:
+read the object and its children from the cache the watch events keep, `plan()`,
+apply. Only watching handlers: no finalizer and no Kopf state on our objects, so
+a FineTuneJob can be deleted while the operator is down (its children go with it
+through owner references).
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ import kopf
 from .. import metrics, modelinfo, peering
 from ..api import GROUP, VERSION
 from ..conditions import now, parse_time
+from ..cache import Cache
 from ..kube import Kube
 from ..progress import progress_status, scrape
 from ..reconcile.finetune import Observed, plan
-from ..settings import LABEL_KIND, LABEL_NAME, MANAGED_BY, LABEL_MANAGED_BY, Settings
+from ..settings import LABEL_KIND, LABEL_MANAGED_BY, MANAGED_BY, Settings
 
 KIND, PLURAL = "FineTuneJob", "finetunejobs"
 CHILD_LABELS = {LABEL_KIND: "finetunejob", LABEL_MANAGED_BY: MANAGED_BY}
 
 log = logging.getLogger("llmops.finetune")
 SETTINGS = Settings.from_env()
+FAILED_CREATE_GRACE = 5  # seconds a new Job may be without pods before we ask why
 _kube: Kube | None = None
+CACHE = Cache()
 
 
 class Coalescer:
@@ -87,14 +91,13 @@ def reconcile(namespace: str, name: str, scrape_progress: bool = False) -> None:
 def _reconcile(namespace: str, name: str, scrape_progress: bool, _depth: int = 0) -> None:
     with metrics.reconcile_timer(KIND):
         k = kube()
-        body = k.get_custom(PLURAL, namespace, name)
+        body = CACHE.parent(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             metrics.forget_object(KIND, namespace, name)
             TICKER.track(namespace, name, None)
             return
-        selector = f"{LABEL_KIND}=finetunejob,{LABEL_NAME}={name}"
-        jobs = [j for j in k.list_jobs(namespace, selector) if _owned_by(j, {body["metadata"]["uid"]})]
-        pods = [p for p in k.list_pods(namespace, selector) if _owned_by(p, {j["metadata"]["uid"] for j in jobs})]
+        jobs = [j for j in CACHE.children(namespace, name, "Job") if _owned_by(j, {body["metadata"]["uid"]})]
+        pods = [p for p in CACHE.children(namespace, name, "Pod") if _owned_by(p, {j["metadata"]["uid"] for j in jobs})]
         old_status = body.get("status") or {}
         model_config = None
         if not old_status.get("selectedMethod"):
@@ -104,16 +107,20 @@ def _reconcile(namespace: str, name: str, scrape_progress: bool, _depth: int = 0
         result = plan(Observed(body, jobs, pods, now(), k.gpu_memory_mib(), model_config, failed_creates), SETTINGS)
 
         for child in result.create:
-            if k.create(child):
+            created = k.create(child)
+            if created:
                 metrics.CHILDREN_CREATED.labels(KIND, child["kind"]).inc()
+                CACHE.put_child(created)
         for job_name, patch in result.patch_jobs.items():
-            k.patch_job(namespace, job_name, patch)
+            CACHE.put_child(k.patch_job(namespace, job_name, patch))
         for job_name in result.delete_jobs:
             k.delete_job(namespace, job_name)
         if scrape_progress and result.status.get("phase") == "Running":
             _add_progress(result.status, pods)
         if result.status != old_status:
-            k.patch_status(PLURAL, namespace, name, result.status)
+            updated = k.patch_status(PLURAL, namespace, name, result.status)
+            if updated:
+                CACHE.put_parent(updated)
         for type_, reason, message in result.events:
             k.event(body, type_, reason, message)
         metrics.observe_object(KIND, namespace, name, result.status.get("phase"), result.status.get("gpus") or 0)
@@ -127,6 +134,9 @@ def _failed_creates(k: Kube, namespace: str, status: dict[str, Any], jobs: list[
     current = next((j for j in jobs if j["metadata"]["name"] == status.get("jobName")), None)
     if current is None or (current.get("status") or {}).get("conditions"):
         return []
+    created = parse_time(current["metadata"].get("creationTimestamp"))
+    if created and (now() - created).total_seconds() < FAILED_CREATE_GRACE:
+        return []  # the Job controller usually needs a moment: no event lookup for every new Job
     wanted = current["spec"].get("parallelism") or 1
     mine = [p for p in pods if _owned_by(p, {current["metadata"]["uid"]})]
     return k.failed_create_messages(namespace, current["metadata"]["name"]) if len(mine) < wanted and not current["spec"].get("suspend") else []
@@ -148,13 +158,6 @@ def _add_progress(status: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         status["progress"] = progress_status(values, parse_time(status.get("startTime")), now())
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def finetunejob_changed(namespace: str, name: str, **_: Any) -> None:
-    reconcile(namespace, name)
-
-
 class Ticker:
     """Every interval: scrape progress of active jobs and resync them in case an event was missed.
 
@@ -167,6 +170,10 @@ class Ticker:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmops-tick")
+
+    def retry(self, namespace: str, name: str) -> None:
+        with self.lock:
+            self.active.add((namespace, name))
 
     def track(self, namespace: str, name: str, phase: str | None) -> None:
         with self.lock:
@@ -202,11 +209,44 @@ def start_ticker(**_: Any) -> None:
 @kopf.on.cleanup()
 def stop_ticker(**_: Any) -> None:
     TICKER.stop.set()
+    if _kube is not None:
+        _kube.flush_events()  # a graceful exit posts what it has to tell
+
+
+def _safely(namespace: str, name: str) -> None:
+    """Reconcile from an event handler: a failure is retried by the ticker, not lost."""
+    try:
+        reconcile(namespace, name)
+    except Exception:
+        TICKER.retry(namespace, name)
+        raise
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def finetunejob_event(event: dict[str, Any], **_: Any) -> None:
+    """Every watch event of a FineTuneJob (the initial listing after a restart too)."""
+    obj = event["object"]
+    obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")  # items of an initial listing may lack them
+    obj.setdefault("kind", KIND)
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    if event.get("type") == "DELETED":
+        CACHE.forget_parent(namespace, name)
+        metrics.forget_object(KIND, namespace, name)
+        TICKER.track(namespace, name, None)
+        return
+    CACHE.put_parent(obj)
+    _safely(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-def child_changed(body: dict[str, Any], namespace: str, **_: Any) -> None:
-    name = (body["metadata"].get("labels") or {}).get(LABEL_NAME)
-    if name:
-        reconcile(namespace, name)
+def child_event(event: dict[str, Any], **_: Any) -> None:
+    obj = event["object"]
+    obj.setdefault("kind", "Pod" if "containers" in (obj.get("spec") or {}) else "Job")
+    if event.get("type") == "DELETED":
+        CACHE.drop_child(obj)
+    else:
+        CACHE.put_child(obj)
+    parent = Cache.parent_of(obj)
+    if parent:
+        _safely(*parent)
