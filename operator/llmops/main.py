@@ -43,7 +43,6 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     selector = "app.kubernetes.io/managed-by=llmops-operator"
     settings.watching.label_selectors["batch", "jobs"] = selector
     settings.watching.label_selectors["pods"] = selector
-    settings.execution.max_workers = int(os.environ.get("LLMOPS_WORKERS", "16"))
     settings.batching.worker_limit = 512
     settings.peering.name = "llmops"
     settings.peering.mandatory = False

@@ -32,6 +32,7 @@ class Settings:
     scrape_timeout: float = 2.0
     runner_exit_code_invalid_input: int = 2  # runners exit 2 on bad config: never retried
     pvc_mount_root: str = "/mnt/pvc"
+    workers: int = 8  # reconcile worker threads
     extra_gpu_memory_gib: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -44,4 +45,5 @@ class Settings:
             runner_metrics_port=int(env.get("LLMOPS_RUNNER_METRICS_PORT", base.runner_metrics_port)),
             progress_interval=float(env.get("LLMOPS_PROGRESS_INTERVAL", base.progress_interval)),
             scrape_timeout=float(env.get("LLMOPS_SCRAPE_TIMEOUT", base.scrape_timeout)),
+            workers=int(env.get("LLMOPS_WORKERS", base.workers)),
         )

@@ -1,10 +1,11 @@
 """Kopf handlers for FineTuneJob: thin triggers around one level-based reconcile.
 
-Whatever wakes us (a watch event of the object, of one of its Jobs or pods, the
-periodic tick, the initial listing after a restart), the same `reconcile` runs:
-read the object and its children from the cache the watch events keep, `plan()`,
-apply. Only watching handlers: no finalizer and no Kopf state on our objects, so
-a FineTuneJob can be deleted while the operator is down (its children go with it
+Watch events (of the object, of its Jobs and pods, and the initial listing after
+a restart) update a cache and put the object's key on a work queue; the periodic
+tick does the same for active jobs. Worker threads take keys off the queue and run
+the same `reconcile`: read the object and its children from the cache, `plan()`,
+apply. Only watching handlers: no finalizer and no Kopf state on our objects, so a
+FineTuneJob can be deleted while the operator is down (its children go with it
 through owner references).
 """
 
@@ -12,64 +13,29 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from .. import metrics, modelinfo, peering
 from ..api import GROUP, VERSION
-from ..conditions import now, parse_time
 from ..cache import Cache
+from ..conditions import now, parse_time
 from ..kube import Kube
 from ..progress import progress_status, scrape
 from ..reconcile.finetune import Observed, plan
 from ..settings import LABEL_KIND, LABEL_MANAGED_BY, MANAGED_BY, Settings
+from ..workqueue import WorkQueue
 
 KIND, PLURAL = "FineTuneJob", "finetunejobs"
 CHILD_LABELS = {LABEL_KIND: "finetunejob", LABEL_MANAGED_BY: MANAGED_BY}
+FAILED_CREATE_GRACE = 5  # seconds a new Job may be without pods before we ask why
 
 log = logging.getLogger("llmops.finetune")
 SETTINGS = Settings.from_env()
-FAILED_CREATE_GRACE = 5  # seconds a new Job may be without pods before we ask why
-_kube: Kube | None = None
 CACHE = Cache()
-
-
-class Coalescer:
-    """At most one reconcile per object runs; requests arriving meanwhile fold into one re-run.
-
-    A training pod's status changes in bursts (scheduled, started, ready); each
-    would otherwise queue a full reconcile behind the running one.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._running: set[tuple[str, str]] = set()
-        self._dirty: set[tuple[str, str]] = set()
-
-    def run(self, key: tuple[str, str], work) -> None:
-        with self._lock:
-            if key in self._running:
-                self._dirty.add(key)
-                return
-            self._running.add(key)
-        try:
-            while True:
-                work()
-                with self._lock:
-                    if key not in self._dirty:
-                        self._running.discard(key)
-                        return
-                    self._dirty.discard(key)
-        except BaseException:
-            with self._lock:
-                self._running.discard(key)
-                self._dirty.discard(key)
-            raise
-
-
-_coalescer = Coalescer()
+_kube: Kube | None = None
+_queue: WorkQueue | None = None
 
 
 def kube() -> Kube:
@@ -79,16 +45,24 @@ def kube() -> Kube:
     return _kube
 
 
+def enqueue(namespace: str, name: str) -> None:
+    global _queue
+    if _queue is None:
+        _queue = WorkQueue(_handle, workers=SETTINGS.workers, name="llmops-finetune")
+    _queue.add((namespace, name))
+
+
+def _handle(key: tuple[str, str]) -> None:
+    namespace, name = key
+    reconcile(namespace, name, scrape_progress=TICKER.take_scrape(key))
+
+
 def _owned_by(obj: dict[str, Any], uids: set[str]) -> bool:
     return any(ref.get("uid") in uids for ref in obj["metadata"].get("ownerReferences") or [])
 
 
 def reconcile(namespace: str, name: str, scrape_progress: bool = False) -> None:
-    # One reconcile per object at a time: events for its Jobs, pods and itself race otherwise.
-    _coalescer.run((namespace, name), lambda: _reconcile(namespace, name, scrape_progress))
-
-
-def _reconcile(namespace: str, name: str, scrape_progress: bool, _depth: int = 0) -> None:
+    """One pass for one FineTuneJob. The work queue guarantees one pass per object at a time."""
     with metrics.reconcile_timer(KIND):
         k = kube()
         body = CACHE.parent(namespace, name)
@@ -125,8 +99,8 @@ def _reconcile(namespace: str, name: str, scrape_progress: bool, _depth: int = 0
             k.event(body, type_, reason, message)
         metrics.observe_object(KIND, namespace, name, result.status.get("phase"), result.status.get("gpus") or 0)
         TICKER.track(namespace, name, result.status.get("phase"))
-    if result.status.get("attempt") != old_status.get("attempt") and _depth < 2:
-        _reconcile(namespace, name, False, _depth + 1)  # start the next attempt now, not at the next event
+    if result.status.get("attempt") != old_status.get("attempt"):
+        enqueue(namespace, name)  # start the next attempt now, not at the next event
 
 
 def _failed_creates(k: Kube, namespace: str, status: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[str]:
@@ -159,7 +133,7 @@ def _add_progress(status: dict[str, Any], pods: list[dict[str, Any]]) -> None:
 
 
 class Ticker:
-    """Every interval: scrape progress of active jobs and resync them in case an event was missed.
+    """Every interval: queue active jobs for a resync that also scrapes their progress.
 
     Not a Kopf timer: those put a finalizer on every object, and a finalizer
     keeps a FineTuneJob from being deleted while the operator is down.
@@ -167,13 +141,9 @@ class Ticker:
 
     def __init__(self):
         self.active: set[tuple[str, str]] = set()
+        self.scrape: set[tuple[str, str]] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmops-tick")
-
-    def retry(self, namespace: str, name: str) -> None:
-        with self.lock:
-            self.active.add((namespace, name))
 
     def track(self, namespace: str, name: str, phase: str | None) -> None:
         with self.lock:
@@ -181,6 +151,14 @@ class Ticker:
                 self.active.add((namespace, name))
             else:
                 self.active.discard((namespace, name))
+                self.scrape.discard((namespace, name))
+
+    def take_scrape(self, key: tuple[str, str]) -> bool:
+        with self.lock:
+            if key in self.scrape:
+                self.scrape.discard(key)
+                return True
+            return False
 
     def run(self) -> None:
         while not self.stop.wait(SETTINGS.progress_interval):
@@ -188,14 +166,9 @@ class Ticker:
                 continue  # a peer of higher priority is the active replica
             with self.lock:
                 keys = sorted(self.active)
-            list(self.pool.map(self._tick, keys))
-
-    @staticmethod
-    def _tick(key: tuple[str, str]) -> None:
-        try:
-            reconcile(*key, scrape_progress=True)
-        except Exception:  # noqa: BLE001 - one object's trouble must not stop the others' ticks
-            log.exception("periodic reconcile of %s/%s failed", *key)
+                self.scrape.update(keys)
+            for key in keys:
+                enqueue(*key)
 
 
 TICKER = Ticker()
@@ -213,17 +186,8 @@ def stop_ticker(**_: Any) -> None:
         _kube.flush_events()  # a graceful exit posts what it has to tell
 
 
-def _safely(namespace: str, name: str) -> None:
-    """Reconcile from an event handler: a failure is retried by the ticker, not lost."""
-    try:
-        reconcile(namespace, name)
-    except Exception:
-        TICKER.retry(namespace, name)
-        raise
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def finetunejob_event(event: dict[str, Any], **_: Any) -> None:
+async def finetunejob_event(event: dict[str, Any], **_: Any) -> None:
     """Every watch event of a FineTuneJob (the initial listing after a restart too)."""
     obj = event["object"]
     obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")  # items of an initial listing may lack them
@@ -235,12 +199,12 @@ def finetunejob_event(event: dict[str, Any], **_: Any) -> None:
         TICKER.track(namespace, name, None)
         return
     CACHE.put_parent(obj)
-    _safely(namespace, name)
+    enqueue(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-def child_event(event: dict[str, Any], **_: Any) -> None:
+async def child_event(event: dict[str, Any], **_: Any) -> None:
     obj = event["object"]
     obj.setdefault("kind", "Pod" if "containers" in (obj.get("spec") or {}) else "Job")
     if event.get("type") == "DELETED":
@@ -249,4 +213,4 @@ def child_event(event: dict[str, Any], **_: Any) -> None:
         CACHE.put_child(obj)
     parent = Cache.parent_of(obj)
     if parent:
-        _safely(*parent)
+        enqueue(*parent)
