@@ -32,7 +32,7 @@ class Settings:
     scrape_timeout: float = 2.0
     runner_exit_code_invalid_input: int = 2  # runners exit 2 on bad config: never retried
     pvc_mount_root: str = "/mnt/pvc"
-    workers: int = 8  # reconcile worker threads
+    workers: int = 16  # reconcile worker threads (API latency bound, not CPU bound)
     extra_gpu_memory_gib: dict[str, float] = field(default_factory=dict)
 
     @classmethod
