@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 # Condition types used by the jobs.
-READY = "Ready"  # InferenceService aggregate
 SUCCEEDED = "Succeeded"  # job aggregate: True once the result is written
 FAILED = "Failed"  # job aggregate: True when it will not succeed
 SCHEDULED = "PodsScheduled"
@@ -35,11 +34,6 @@ def parse_time(value: str | None) -> datetime | None:
 
 def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
-
-
-def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
-    cond = find(conditions, type_)
-    return bool(cond and cond.get("status") == "True")
 
 
 def set_condition(

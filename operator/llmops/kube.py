@@ -75,7 +75,6 @@ class Kube:
             "ConfigMap": self.core.create_namespaced_config_map,
             "Service": self.core.create_namespaced_service,
             "Job": self.batch.create_namespaced_job,
-            "Deployment": client.AppsV1Api(self.api).create_namespaced_deployment,
         }
         try:
             # _preload_content=False everywhere we write: the typed client's response

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PREFIX = "llmops.dev"
 FINALIZER = f"{PREFIX}/finalizer"
@@ -30,10 +30,8 @@ class Settings:
     master_port: int = 29500  # torch.distributed rendezvous
     progress_interval: float = 15.0  # seconds between progress scrapes of a running job
     scrape_timeout: float = 2.0
-    runner_exit_code_invalid_input: int = 2  # runners exit 2 on bad config: never retried
     pvc_mount_root: str = "/mnt/pvc"
     workers: int = 16  # reconcile worker threads (API latency bound, not CPU bound)
-    extra_gpu_memory_gib: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":

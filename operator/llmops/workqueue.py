@@ -48,10 +48,6 @@ class WorkQueue:
         timer.daemon = True
         timer.start()
 
-    def depth(self) -> int:
-        with self._cond:
-            return len(self._order)
-
     def stop(self) -> None:
         with self._cond:
             self._stopped = True

@@ -94,7 +94,7 @@ def config_map(body: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def headless_service(body: dict[str, Any]) -> dict[str, Any]:
+def headless_service(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Gives every worker pod a stable DNS name (<job>-<index>.<service>) for the rendezvous."""
     name = body["metadata"]["name"]
     return {
@@ -106,7 +106,7 @@ def headless_service(body: dict[str, Any]) -> dict[str, Any]:
             # Workers must resolve each other before they are Ready (the rendezvous comes first).
             "publishNotReadyAddresses": True,
             "selector": {LABEL_NAME: labels(body["kind"], name)[LABEL_NAME], LABEL_ROLE: "worker"},
-            "ports": [{"name": "rendezvous", "port": Settings().master_port, "targetPort": Settings().master_port}],
+            "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
         },
     }
 

@@ -121,7 +121,7 @@ def _plan(observed: Observed, settings: Settings, status: _Status, out: Plan) ->
     if current is None:
         out.create.append(build.config_map(body, config))
         if spec.resources.nodes > 1:
-            out.create.append(build.headless_service(body))
+            out.create.append(build.headless_service(body, settings))
         out.create.append(build.job(body, spec, settings, attempt, _deadline_left(spec, status)))
         _waiting(spec, status, "JobCreated", f"created Job {current_name} (attempt {attempt})")
         return
