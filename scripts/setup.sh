@@ -6,11 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need openssl || ! need git; then
+# openssl makes the local cluster's certificates; Prometheus scrapes the operator in the tests.
+if ! need openssl || ! need git || ! need prometheus || ! need promtool; then
   if need apt-get; then
-    apt-get update -qq && apt-get install -y -qq openssl git >/dev/null
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends openssl git prometheus >/dev/null
   else
-    echo "setup: please install openssl and git" >&2; exit 1
+    echo "setup: please install openssl, git and prometheus (with promtool)" >&2; exit 1
   fi
 fi
 if ! need go; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -49,6 +50,14 @@ def test_chart_lints_and_renders_what_it_promises():
     # Two replicas: no --standalone, so they peer and one stands by.
     ha = {d["kind"]: d for d in render("replicas=2")}
     assert "--standalone" not in ha["Deployment"]["spec"]["template"]["spec"]["containers"][0].get("args", [])
+
+
+def test_alert_rules_pass_promtool():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (scripts/setup.sh installs Debian's prometheus package)")
+    out = subprocess.run([promtool, "check", "rules", str(CHART / "files" / "alerts.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0 and "SUCCESS: 5 rules found" in out.stdout, out.stdout + out.stderr
 
 
 def test_rendered_chart_is_accepted_by_the_api_server(cluster, namespace):

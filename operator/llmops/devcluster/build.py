@@ -84,7 +84,7 @@ def ensure_binaries(log=lambda msg: print(msg, file=sys.stderr)) -> Path:
         if binaries_present(target):
             return target
         started = time.monotonic()
-        log(f"building Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION} and kwok {KWOK_VERSION} into {target} (once; several minutes)")
+        log(f"building Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION}, kwok {KWOK_VERSION} and helm {HELM_VERSION} into {target} (once; several minutes)")
         env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
         with tempfile.TemporaryDirectory(prefix="llmops-gomod-") as work:
             # The package folder may be read-only (site-packages): build in a copy.
