@@ -87,6 +87,21 @@ class Kube:
                 return None
             raise
 
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        readers = {
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "Service": self.core.read_namespaced_service,
+            "Job": self.batch.read_namespaced_job,
+        }
+        try:
+            obj = self._json(readers[kind](name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        obj.setdefault("kind", kind)
+        return obj
+
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         job = self._json(self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False))
         job.setdefault("kind", "Job")

@@ -53,13 +53,16 @@ def finetune_specs(draw, schedulable: bool = False):
     gpu_type = draw(st.sampled_from(GPU_TYPES if schedulable else GPU_TYPES + ["NVIDIA-B200", "Unknown-GPU"]))
     if gpu_type:
         spec["resources"]["gpuType"] = gpu_type
-    size = draw(st.one_of(st.none(), st.integers(min_value=-5, max_value=400_000_000_000)))
+    size = draw(st.one_of(st.none(), st.integers(min_value=1 if schedulable else -5, max_value=400_000_000_000)))
     if size is not None:
         spec["baseModel"]["parameterCount"] = size
+    # The schedulable variant feeds the real operator: mostly specs the API server accepts.
+    if draw(st.booleans()) and (not schedulable or method in ("lora", "qlora", "auto")):
+        spec["lora"] = {"r": draw(st.integers(1, 64) if schedulable else small), "alpha": draw(st.integers(1, 64))}
     if draw(st.booleans()):
-        spec["lora"] = {"r": draw(small), "alpha": draw(st.integers(1, 64))}
-    if draw(st.booleans()):
-        spec["deepspeed"] = {"zeroStage": draw(st.integers(0, 4)), "offloadParams": draw(st.booleans()), "offloadOptimizer": draw(st.booleans())}
+        stage = draw(st.integers(0, 3 if schedulable else 4))
+        spec["deepspeed"] = {"zeroStage": stage, "offloadParams": draw(st.booleans()) and (stage == 3 or not schedulable),
+                             "offloadOptimizer": draw(st.booleans()) and (stage > 0 or not schedulable)}
     if method == "freeze" and draw(st.booleans()):
         spec["freeze"] = {"trainableLayers": draw(small)}
     return spec
@@ -97,7 +100,8 @@ def test_operator_settles_every_accepted_spec(custom, namespace, operator):
     """A sample of schedulable generated specs through the real operator: Running or an actionable Failed."""
     created: list[str] = []
 
-    @settings(max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    # Derandomized: the same sample every run, so CI does not depend on the draw.
+    @settings(max_examples=10, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(spec=finetune_specs(schedulable=True))
     def submit(spec):
         spec["podMetadata"] = {"annotations": {"sim.llmops.dev/outcome": "run"}}

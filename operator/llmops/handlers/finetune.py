@@ -64,43 +64,59 @@ def _owned_by(obj: dict[str, Any], uids: set[str]) -> bool:
 def reconcile(namespace: str, name: str, scrape_progress: bool = False) -> None:
     """One pass for one FineTuneJob. The work queue guarantees one pass per object at a time."""
     with metrics.reconcile_timer(KIND):
-        k = kube()
-        body = CACHE.parent(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            metrics.forget_object(KIND, namespace, name)
-            TICKER.track(namespace, name, None)
-            return
-        jobs = [j for j in CACHE.children(namespace, name, "Job") if _owned_by(j, {body["metadata"]["uid"]})]
-        pods = [p for p in CACHE.children(namespace, name, "Pod") if _owned_by(p, {j["metadata"]["uid"] for j in jobs})]
-        old_status = body.get("status") or {}
-        model_config = None
-        if not old_status.get("selectedMethod"):
-            base = (body.get("spec") or {}).get("baseModel") or {}
-            model_config = modelinfo.fetch_config(base.get("uri", ""), base.get("revision"))
-        failed_creates = _failed_creates(k, namespace, old_status, jobs, pods)
-        result = plan(Observed(body, jobs, pods, now(), k.gpu_memory_mib(), model_config, failed_creates), SETTINGS)
+        for _ in range(2):
+            if _reconcile_once(namespace, name, scrape_progress):
+                return
+        # Still behind the API server after a refresh: the watch events will bring us back.
 
-        for child in result.create:
-            created = k.create(child)
-            if created:
-                metrics.CHILDREN_CREATED.labels(KIND, child["kind"]).inc()
-                CACHE.put_child(created)
-        for job_name, patch in result.patch_jobs.items():
-            CACHE.put_child(k.patch_job(namespace, job_name, patch))
-        for job_name in result.delete_jobs:
-            k.delete_job(namespace, job_name)
-        if scrape_progress and result.status.get("phase") == "Running":
-            _add_progress(result.status, pods)
-        if result.status != old_status:
-            updated = k.patch_status(PLURAL, namespace, name, result.status)
-            if updated:
-                CACHE.put_parent(updated)
-        for type_, reason, message in result.events:
-            k.event(body, type_, reason, message)
-        metrics.observe_object(KIND, namespace, name, result.status.get("phase"), result.status.get("gpus") or 0)
-        TICKER.track(namespace, name, result.status.get("phase"))
+
+def _reconcile_once(namespace: str, name: str, scrape_progress: bool) -> bool:
+    """Plan and apply; False when the cache turned out to be behind (a child we would create exists)."""
+    k = kube()
+    body = CACHE.parent(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        metrics.forget_object(KIND, namespace, name)
+        TICKER.track(namespace, name, None)
+        return True
+    jobs = [j for j in CACHE.children(namespace, name, "Job") if _owned_by(j, {body["metadata"]["uid"]})]
+    pods = [p for p in CACHE.children(namespace, name, "Pod") if _owned_by(p, {j["metadata"]["uid"] for j in jobs})]
+    old_status = body.get("status") or {}
+    model_config = None
+    if not old_status.get("selectedMethod"):
+        base = (body.get("spec") or {}).get("baseModel") or {}
+        model_config = modelinfo.fetch_config(base.get("uri", ""), base.get("revision"))
+    failed_creates = _failed_creates(k, namespace, old_status, jobs, pods)
+    result = plan(Observed(body, jobs, pods, now(), k.gpu_memory_mib(), model_config, failed_creates), SETTINGS)
+
+    for child in result.create:
+        created = k.create(child)
+        if created:
+            metrics.CHILDREN_CREATED.labels(KIND, child["kind"]).inc()
+            CACHE.put_child(created)
+        elif child["kind"] == "Job":
+            # It exists but our cache has not seen it (e.g. just after a restart): read it and plan
+            # again, rather than report "JobCreated" over a Job that may be running or finished.
+            existing = k.read("Job", namespace, child["metadata"]["name"])
+            if existing:
+                CACHE.put_child(existing)
+                return False
+    for job_name, patch in result.patch_jobs.items():
+        CACHE.put_child(k.patch_job(namespace, job_name, patch))
+    for job_name in result.delete_jobs:
+        k.delete_job(namespace, job_name)
+    if scrape_progress and result.status.get("phase") == "Running":
+        _add_progress(result.status, pods)
+    if result.status != old_status:
+        updated = k.patch_status(PLURAL, namespace, name, result.status)
+        if updated:
+            CACHE.put_parent(updated)
+    for type_, reason, message in result.events:
+        k.event(body, type_, reason, message)
+    metrics.observe_object(KIND, namespace, name, result.status.get("phase"), result.status.get("gpus") or 0)
+    TICKER.track(namespace, name, result.status.get("phase"))
     if result.status.get("attempt") != old_status.get("attempt"):
         enqueue(namespace, name)  # start the next attempt now, not at the next event
+    return True
 
 
 def _failed_creates(k: Kube, namespace: str, status: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[str]:
