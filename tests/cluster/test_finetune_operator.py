@@ -289,3 +289,18 @@ def test_deletion_needs_no_operator(cluster, custom, core, batch, namespace, ope
 
 def get_finalizers(custom, namespace, name):
     return custom.get_namespaced_custom_object("llmops.dev", "v1alpha1", namespace, "finetunejobs", name)["metadata"].get("finalizers")
+
+
+def test_restart_while_running_tells_no_false_story(custom, core, namespace, operator):
+    """After a restart the operator finds the running Job again: no second JobCreated, no phase flapping."""
+    create(custom, namespace, finetunejob("steady", sim={"outcome": "run"}))
+    wait_phase(custom, namespace, "steady", "Running")
+    operator.kill(signal.SIGKILL)
+    operator.start()
+    phases = set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        phases.add(status(custom, namespace, "steady")["phase"])
+        time.sleep(0.1)
+    assert phases == {"Running"}
+    assert [e.reason for e in events(core, namespace, "steady")].count("JobCreated") == 1
