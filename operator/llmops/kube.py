@@ -37,6 +37,12 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        # kind → (create, read) of the children the reconcilers make.
+        self._child_apis = {
+            "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
+            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
+            "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
+        }
         self._nodes_at = 0.0
         self._gpu_memory: dict[str, int] = {}
         self._nodes_lock = threading.Lock()
@@ -71,15 +77,11 @@ class Kube:
     def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Create a child; an existing one is fine (reconciles are idempotent). The new object, or None if it existed."""
         namespace, kind = obj["metadata"]["namespace"], obj["kind"]
-        creators = {
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "Job": self.batch.create_namespaced_job,
-        }
+        create, _ = self._child_apis[kind]
         try:
-            # _preload_content=False everywhere we write: the typed client's response
+            # _preload_content=False on every call: the typed client's response
             # deserialisation costs more CPU than the request itself.
-            created = self._json(creators[kind](namespace, obj, _preload_content=False))
+            created = self._json(create(namespace, obj, _preload_content=False))
             created.setdefault("kind", kind)
             return created
         except ApiException as exc:
@@ -88,13 +90,9 @@ class Kube:
             raise
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        readers = {
-            "ConfigMap": self.core.read_namespaced_config_map,
-            "Service": self.core.read_namespaced_service,
-            "Job": self.batch.read_namespaced_job,
-        }
+        _, read = self._child_apis[kind]
         try:
-            obj = self._json(readers[kind](name, namespace, _preload_content=False))
+            obj = self._json(read(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None

@@ -36,6 +36,7 @@ SETTINGS = Settings.from_env()
 CACHE = Cache()
 _kube: Kube | None = None
 _queue: WorkQueue | None = None
+_queue_lock = threading.Lock()
 
 
 def kube() -> Kube:
@@ -47,8 +48,9 @@ def kube() -> Kube:
 
 def enqueue(namespace: str, name: str) -> None:
     global _queue
-    if _queue is None:
-        _queue = WorkQueue(_handle, workers=SETTINGS.workers, name="llmops-finetune")
+    with _queue_lock:  # watch events, workers and the ticker all enqueue
+        if _queue is None:
+            _queue = WorkQueue(_handle, workers=SETTINGS.workers, name="llmops-finetune")
     _queue.add((namespace, name))
 
 
