@@ -24,6 +24,7 @@ from ..conditions import now, parse_time
 from ..kube import Kube
 from ..progress import progress_status, scrape
 from ..reconcile.finetune import Observed, plan
+from ..reconcile.pods import of_attempt, rank_order
 from ..settings import LABEL_KIND, LABEL_MANAGED_BY, MANAGED_BY, Settings
 from ..workqueue import WorkQueue
 
@@ -136,9 +137,7 @@ def _failed_creates(k: Kube, namespace: str, status: dict[str, Any], jobs: list[
 
 def _add_progress(status: dict[str, Any], pods: list[dict[str, Any]]) -> None:
     """Scrape rank 0's metrics endpoint into status.progress; a failed scrape keeps the last figures."""
-    attempt = str(status.get("attempt", 0))
-    ranks = [p for p in pods if (p["metadata"].get("labels") or {}).get("llmops.dev/attempt") == attempt and (p.get("status") or {}).get("podIP")]
-    ranks.sort(key=lambda p: (p["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0"))
+    ranks = [p for p in rank_order(of_attempt(pods, status.get("attempt", 0))) if (p.get("status") or {}).get("podIP")]
     if not ranks:
         return
     try:

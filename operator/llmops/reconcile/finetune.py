@@ -20,8 +20,8 @@ from .. import vram
 from ..api.finetune import FineTuneJobSpec
 from ..builders import finetune as build
 from ..builders.common import InvalidLocation
-from ..settings import LABEL_ATTEMPT, Settings
-from .pods import PodFailure, failure_of, termination_report, unschedulable_message
+from ..settings import Settings
+from .pods import PodFailure, failure_of, of_attempt, rank_order, termination_report, unschedulable_message
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -126,7 +126,7 @@ def _plan(observed: Observed, settings: Settings, status: _Status, out: Plan) ->
         _waiting(spec, status, "JobCreated", f"created Job {current_name} (attempt {attempt})")
         return
 
-    pods = [p for p in observed.pods if (p["metadata"].get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt)]
+    pods = of_attempt(observed.pods, attempt)
     if _job_condition(current, "Complete"):
         _succeed(status, pods)
         return
@@ -268,7 +268,7 @@ def _active(spec: FineTuneJobSpec, status: _Status, job: dict[str, Any], pods: l
 
 
 def _succeed(status: _Status, pods: list[dict[str, Any]]) -> None:
-    report = next((r for r in (termination_report(p) for p in _rank_order(pods)) if r), {})
+    report = next((r for r in (termination_report(p) for p in rank_order(pods)) if r), {})
     result: dict[str, Any] = {}
     if report.get("artifactUri") or report.get("outputPath"):
         result["artifactUri"] = report.get("artifactUri") or report.get("outputPath")
@@ -310,14 +310,6 @@ def _failed_attempt(spec: FineTuneJobSpec, status: _Status, job: dict[str, Any],
     message = f"attempt {attempt} failed ({failure.reason}: {failure.message}); restart {restarts + 1} of {spec.backoff_limit}, resuming from the last checkpoint"
     status.condition(cond.RUNNING, False, "Restarting", message)
     status.phase("Pending", message)
-
-
-def _rank_order(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    def rank(p: dict[str, Any]) -> int:
-        index = (p["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0")
-        return int(index) if str(index).isdigit() else 0
-
-    return sorted(pods, key=rank)
 
 
 def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:

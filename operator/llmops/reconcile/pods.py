@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..settings import LABEL_ATTEMPT
+
 INVALID_INPUT_EXIT_CODE = 2  # the runners' contract: bad config or input, retrying cannot help
 DISRUPTION_REASONS = {"Evicted", "Preempting", "NodeLost", "Shutdown", "Terminated", "DeletionByTaintManager"}
 MAX_MESSAGE = 600
@@ -17,6 +19,21 @@ class PodFailure:
     message: str
     disrupted: bool = False  # node failure, eviction, preemption: not the workload's fault
     permanent: bool = False  # retrying cannot help
+
+
+def of_attempt(pods: list[dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
+    """The pods of one attempt (one Job) of a FineTuneJob."""
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt)]
+
+
+def rank_order(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pods by completion index (node rank), rank 0 first; a single-node pod counts as rank 0."""
+
+    def rank(pod: dict[str, Any]) -> int:
+        index = (pod["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0")
+        return int(index) if str(index).isdigit() else 0
+
+    return sorted(pods, key=rank)
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
