@@ -77,3 +77,19 @@ def test_examples_parse_with_the_models():
     assert len(docs) >= 5
     for doc in docs:
         by_kind[doc["kind"]].spec.model_validate(doc["spec"])
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_quantities_are_checked_by_the_kubernetes_quantity_library(kind):
+    """Every int-or-string quantity has a bounded length and a CEL rule on itself (so errors name it).
+
+    The rule is the API server's; tests/cluster/test_api_validation.py checks what it accepts.
+    """
+    spec = crdgen.openapi_schema(kind)["properties"]["spec"]
+    quantities = {path: node for path, node in _walk(spec) if node.get("x-kubernetes-int-or-string")}
+    assert {p.rsplit(".", 1)[-1] for p in quantities} == {"cpu", "memory", "sharedMemory"}
+    for path, node in quantities.items():
+        assert "pattern" not in node, path  # the old hand-written pattern accepted 1.2.3 and 8iiii
+        assert node["maxLength"] <= 64, path
+        [entry] = node["x-kubernetes-validations"]
+        assert "isQuantity(self)" in entry["rule"] and "self >= 0" in entry["rule"] and "fieldPath" not in entry, path

@@ -16,11 +16,14 @@ from llmops.vram import (
     Estimate,
     ModelShape,
     TrainingPlan,
+    GPU_COMPUTE_CAPABILITY,
+    GPU_MEMORY_GIB,
     choose_method,
     estimate,
     gpu_memory_gib,
     insufficient_message,
     shape_from_config,
+    supports_bf16,
 )
 
 approx = lambda x: pytest.approx(x, rel=1e-3)  # noqa: E731
@@ -91,17 +94,36 @@ def test_lora_toy():
 
 def test_qlora_toy_without_double_quant():
     e = estimate(TOY, replace(PLAN, method="qlora", double_quant=False))
-    # embeddings + head stay 16-bit: 2 * 32768 * 2048 = 2**27 params * 2 B = 0.25 GiB
-    # the rest 2**30 - 2**27 = 7 * 2**27 params at 0.5 + 4/64 = 0.5625 B = 528,482,304 B = 0.4921875 GiB
-    # + adapters 0.03515625 -> 0.77734375
-    assert components(e) == (approx(0.77734375), approx(TOY_ADAPTER_4B), approx(0.0703125), approx(TOY_ACTS))
+    # bitsandbytes leaves the embeddings, the head and the norms unquantized, and peft's
+    # prepare_model_for_kbit_training upcasts them to fp32 (4 B):
+    #   embeddings + head 2 * 32768 * 2048 = 2**27 = 134,217,728
+    #   norms: 2 * 16 + 1 LayerNorms of 2048 weights + 2048 biases = 135,168
+    #   134,352,896 params * 4 B = 537,411,584 B = 0.5005035400390625 GiB
+    # the rest 2**30 - 134,352,896 = 939,388,928 params at 0.5 + 4/64 = 0.5625 B = 528,406,272 B = 0.4921166896820068 GiB
+    # + adapters 0.03515625 -> 1.0277764797210693
+    assert components(e) == (approx(1.0277764797210693), approx(TOY_ADAPTER_4B), approx(0.0703125), approx(TOY_ACTS))
 
 
 def test_qlora_toy_with_double_quant():
     e = estimate(TOY, replace(PLAN, method="qlora"))
-    # 0.5 + 1/64 + 4/(64*256) = 0.515869140625 B/param on 0.875 Gi params = 0.451385498046875 GiB
-    # + 0.25 embeddings + 0.03515625 adapters
-    assert e.weights_gib == approx(0.736541748046875)
+    # 0.5 + 1/64 + 4/(64*256) = 0.515869140625 B/param on 939,388,928 params = 0.4513205578550696 GiB
+    # + 0.5005035400390625 fp32 embeddings, head and norms + 0.03515625 adapters
+    assert e.weights_gib == approx(0.9869803478941321)
+
+
+def test_qlora_counts_the_unquantized_parameters_in_fp32():
+    """Regression: the estimate counted the embeddings and head in 16 bits, but peft upcasts them to fp32."""
+    shape = shape_from_config(LLAMA32_1B)  # a 128k vocabulary: a fifth of the model is embeddings
+    e = estimate(shape, replace(PLAN, method="qlora"))
+    # unquantized: embeddings 128256 * 2048 = 262,668,288 (tied: the head is the same tensor)
+    #   + RMSNorm weights (2 * 16 + 1) * 2048 = 67,584 -> 262,735,872 params
+    # quantized: 1,235,814,400 - 262,735,872 = 973,078,528 params at 0.515869140625 B = 0.4675064086914 GiB
+    # adapters r 16: 16 layers * 16 * 44,032 = 11,272,192 params at 4 B = 0.0419921875 GiB
+    unquantized = 262_735_872
+    assert e.weights_gib == approx(4 * unquantized / 2**30 + 0.4675064086914 + 0.0419921875)  # 1.4882659912
+    # the embedding and head term alone is 4 bytes per parameter: 0.9787673950195312 GiB
+    quantized_and_adapters = (shape.parameters - unquantized) * 0.515869140625 + 11_272_192 * 4
+    assert e.weights_gib * 2**30 - quantized_and_adapters == approx(4 * unquantized)
 
 
 def test_freeze_toy():
@@ -265,6 +287,33 @@ def test_gpu_memory_unknown():
     assert gpu_memory_gib(None) is None
 
 
+@pytest.mark.parametrize(
+    ("label", "major", "bf16"),
+    [
+        ("NVIDIA-H100-80GB-HBM3", None, True),  # Hopper 9.0
+        ("NVIDIA-A100-SXM4-40GB", None, True),  # Ampere 8.0
+        ("NVIDIA-L4", None, True),  # Ada 8.9
+        ("NVIDIA-A10G", None, True),  # Ampere 8.6
+        ("NVIDIA-B200", None, True),  # Blackwell 10.0
+        ("Tesla-V100-SXM2-16GB", None, False),  # Volta 7.0
+        ("Tesla-T4", None, False),  # Turing 7.5
+        ("tesla-t4", None, False),  # labels are matched case-insensitively, like the memory table
+        ("NVIDIA-A100-SXM4-40GB-MIG-1g.5gb", None, True),  # a MIG slice is the card's architecture
+        ("NVIDIA-Mystery", None, None),  # unknown product: cannot tell
+        (None, None, None),
+        ("NVIDIA-Mystery", 9, True),  # nvidia.com/gpu.compute.major fallback
+        ("NVIDIA-Mystery", 7, False),
+        ("Tesla-T4", 9, False),  # the table wins over the label
+    ],
+)
+def test_supports_bf16(label, major, bf16):
+    assert supports_bf16(label, major) is bf16
+
+
+def test_every_known_gpu_has_memory_and_compute_capability():
+    assert GPU_COMPUTE_CAPABILITY.keys() == GPU_MEMORY_GIB.keys()
+
+
 # ----------------------------------------------------------------------------- acceptance: fit and auto
 
 
@@ -294,6 +343,9 @@ def test_auto_picks_qlora_for_70b_on_one_h100():
     assert method == "qlora" and e.method == "qlora" and e.fits(80.0)
     assert reason.startswith("full needs 1126.3 GiB per GPU and lora ")
     assert f"more than the 80.0 GiB of {H100}; qlora needs {e.total_gib:.1f} GiB." in reason
+    # docs/vram-estimator.md: weights 32.887 (4-bit) + 7.833 (fp32 embeddings, head, norms) + 0.771 (adapters)
+    assert e.weights_gib == approx(41.491180419921875)
+    assert e.total_gib == approx(68.44669647216797) and reason.endswith("qlora needs 68.4 GiB.")
 
 
 def test_auto_picks_qlora_for_70b_count_only():
@@ -320,6 +372,17 @@ def test_auto_when_nothing_fits_returns_qlora():
     method, e, reason = choose_method(shape_from_config(LLAMA3_70B), DEFAULTS, 16.0, "Tesla-T4")
     assert method == "qlora" and not e.fits(16.0)
     assert reason.startswith("No method fits") and "Tesla-T4" in reason
+
+
+def test_auto_never_picks_qlora_under_zero3():
+    """Regression: auto picked qlora with ZeRO-3, a pair the runner refuses after its pods got their GPUs."""
+    # On one H100 only qlora would fit (see above); under ZeRO-3 it is no option, so nothing fits.
+    method, e, reason = choose_method(shape_from_config(LLAMA3_70B), replace(DEFAULTS, zero_stage=3), 80.0, H100)
+    assert method == "lora" and e.method == "lora" and not e.fits(80.0)
+    assert reason.startswith("No method fits: per GPU, full ") and "qlora cannot be sharded with ZeRO stage 3" in reason
+    # Over 8 GPUs lora fits and is chosen as before.
+    method, _, _ = choose_method(shape_from_config(LLAMA3_70B), replace(DEFAULTS, zero_stage=3, world_size=8), 80.0, H100)
+    assert method == "lora"
 
 
 def test_zero3_makes_70b_full_fit_on_many_gpus():

@@ -45,6 +45,11 @@ HEAD_DIM = 128
 # double quantization stores the absmax in 8 bits with an fp32 constant per 256 blocks.
 QUANT_BYTES = 0.5 + 4 / 64
 QUANT_BYTES_DOUBLE = 0.5 + 1 / 64 + 4 / (64 * 256)
+# What bitsandbytes leaves unquantized (the embeddings, the lm_head, which transformers
+# skips by default, and the norms) does not stay in 16 bits under QLoRA: the runner calls
+# peft's prepare_model_for_kbit_training, which casts every 16-bit parameter that is not
+# a Params4bit to fp32 for numerical stability.
+UPCAST_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,16 @@ def _embedding_params(shape: ModelShape, d: _Dims) -> int:
     return min(shape.parameters, d.vocab * d.hidden * (1 if d.tied else 2))
 
 
+def _unquantized_params(shape: ModelShape, d: _Dims) -> int:
+    """What a 4-bit load keeps out of the Linear4bit layers: embeddings, untied lm_head and the norms.
+
+    Norms: two per block and a final one, of h weights (RMSNorm, the Llama-style gated
+    models) or h weights and h biases (LayerNorm, GPT-2 and the heuristic shape).
+    """
+    norms = (2 * d.layers + 1) * d.hidden * (1 if d.gated else 2)
+    return min(shape.parameters, _embedding_params(shape, d) + norms)
+
+
 def _lora_params(d: _Dims, r: int) -> int:
     """Adapter parameters with every linear layer of every block adapted: r * (in + out) each."""
     h = d.hidden
@@ -278,9 +293,9 @@ def _state_bytes(shape: ModelShape, plan: TrainingPlan, d: _Dims, trainable: int
         return shape.parameters * wb, trainable * wb, trainable * (16 - 2 * wb)
     # Adapters (PEFT keeps them in fp32): 4 B weights, 4 B grads, 8 B Adam m and v.
     if plan.method == "qlora":
-        embeddings = _embedding_params(shape, d)
+        unquantized = _unquantized_params(shape, d)
         per_param = QUANT_BYTES_DOUBLE if plan.double_quant else QUANT_BYTES
-        base = (shape.parameters - embeddings) * per_param + embeddings * wb
+        base = (shape.parameters - unquantized) * per_param + unquantized * UPCAST_BYTES
     else:  # lora, prompt-tuning: frozen base in the training dtype
         base = shape.parameters * wb
     return base + trainable * 4, trainable * 4, trainable * 8
@@ -379,6 +394,41 @@ GPU_MEMORY_GIB: dict[str, float] = {
     "TESLA-V100-PCIE-32GB": 32,
 }
 
+# CUDA compute capability of the same products: bf16 tensor cores and the bf16
+# autocast path start with Ampere (8.0); Volta (7.0) and Turing (7.5) have none.
+BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
+GPU_COMPUTE_CAPABILITY: dict[str, tuple[int, int]] = {
+    "NVIDIA-B200": (10, 0),
+    "NVIDIA-H200": (9, 0),
+    "NVIDIA-H200-NVL": (9, 0),
+    "NVIDIA-GH200-480GB": (9, 0),
+    "NVIDIA-H100-80GB-HBM3": (9, 0),
+    "NVIDIA-H100-PCIE": (9, 0),
+    "NVIDIA-H100-NVL": (9, 0),
+    "NVIDIA-H800": (9, 0),
+    "NVIDIA-A100-SXM4-80GB": (8, 0),
+    "NVIDIA-A100-80GB-PCIE": (8, 0),
+    "NVIDIA-A100-SXM4-40GB": (8, 0),
+    "NVIDIA-A100-PCIE-40GB": (8, 0),
+    "NVIDIA-A800-SXM4-80GB": (8, 0),
+    "NVIDIA-L40S": (8, 9),
+    "NVIDIA-L40": (8, 9),
+    "NVIDIA-L4": (8, 9),
+    "NVIDIA-A40": (8, 6),
+    "NVIDIA-A30": (8, 0),
+    "NVIDIA-A10G": (8, 6),
+    "NVIDIA-A10": (8, 6),
+    "NVIDIA-RTX-A6000": (8, 6),
+    "NVIDIA-RTX-6000-ADA-GENERATION": (8, 9),
+    "NVIDIA-GEFORCE-RTX-4090": (8, 9),
+    "NVIDIA-GEFORCE-RTX-3090": (8, 6),
+    "TESLA-T4": (7, 5),
+    "TESLA-V100-SXM2-16GB": (7, 0),
+    "TESLA-V100-SXM2-32GB": (7, 0),
+    "TESLA-V100-PCIE-16GB": (7, 0),
+    "TESLA-V100-PCIE-32GB": (7, 0),
+}
+
 _MIG_RE = re.compile(r"-MIG-\d+g\.(\d+)gb", re.IGNORECASE)  # e.g. NVIDIA-A100-SXM4-40GB-MIG-1g.5gb
 _GB_RE = re.compile(r"(\d+)\s*GB", re.IGNORECASE)
 
@@ -400,6 +450,22 @@ def gpu_memory_gib(product_label: str | None, memory_label_mib: int | None = Non
     return None
 
 
+def supports_bf16(product_label: str | None, compute_major: int | None = None) -> bool | None:
+    """Whether the GPU has bf16 (compute capability 8.0, Ampere, or newer); None when unknown.
+
+    Known product first (a MIG slice is its card's architecture), else the
+    nvidia.com/gpu.compute.major label that GPU feature discovery also sets.
+    """
+    if product_label:
+        card = _MIG_RE.split(product_label, maxsplit=1)[0]
+        known = GPU_COMPUTE_CAPABILITY.get(card.upper())
+        if known is not None:
+            return known >= BF16_MIN_COMPUTE_CAPABILITY
+    if compute_major is not None:
+        return (int(compute_major), 0) >= BF16_MIN_COMPUTE_CAPABILITY
+    return None
+
+
 # --------------------------------------------------------------------------- auto and messages
 
 
@@ -410,16 +476,26 @@ def _of(available_gib: float, gpu_label: str | None) -> str:
 def choose_method(
     shape: ModelShape, plan_template: TrainingPlan, available_gib: float, gpu_label: str | None = None
 ) -> tuple[str, Estimate, str]:
-    """Resolve ``method: auto``: full if it fits, else lora, else qlora (returned even when it does not fit)."""
+    """Resolve ``method: auto``: full if it fits, else lora, else qlora.
+
+    When none fits, the one needing the least memory is returned with its estimate.
+    Under ZeRO stage 3 qlora is no option: the runner cannot shard a 4-bit base, and
+    would only find out once its pods hold their GPUs.
+    """
+    no_qlora = plan_template.zero_stage == 3
     tried: list[Estimate] = []
     for method in AUTO_ORDER:
+        if method == "qlora" and no_qlora:
+            continue
         est = estimate(shape, replace(plan_template, method=method))
         if est.fits(available_gib):
             return method, est, _reason(tried, est, available_gib, gpu_label)
         tried.append(est)
+    least = min(tried, key=lambda e: e.total_gib)
     needs = ", ".join(f"{e.method} {e.total_gib:.1f} GiB" for e in tried)
-    reason = f"No method fits: per GPU, {needs}, all more than {_of(available_gib, gpu_label)}; qlora needs the least."
-    return "qlora", tried[-1], reason
+    why_not = " (qlora cannot be sharded with ZeRO stage 3)" if no_qlora else ""
+    reason = f"No method fits: per GPU, {needs}, all more than {_of(available_gib, gpu_label)}; {least.method} needs the least{why_not}."
+    return least.method, least, reason
 
 
 def _reason(rejected: list[Estimate], chosen: Estimate, available_gib: float, gpu_label: str | None) -> str:

@@ -73,7 +73,7 @@ INVALID = [
     ("missing-dataset", with_spec(FINETUNE, dataset=None), "spec.dataset", "Required value"),
     ("validation-split", with_spec(FINETUNE, dataset={"uri": "pvc://d/x", "validationSplit": 0.9}), "spec.dataset.validationSplit", "less than or equal to 0.5"),
     ("offload-params-zero2", with_spec(FINETUNE, deepspeed={"zeroStage": 2, "offloadParams": True}), "spec.deepspeed.offloadParams", "zeroStage 3"),
-    ("bad-quantity", with_spec(FINETUNE, resources={"memory": "lots"}), "spec.resources.memory", "should match"),
+    ("bad-quantity", with_spec(FINETUNE, resources={"memory": "lots"}), "spec.resources.memory", "non-negative Kubernetes quantity"),
     ("unknown-field", with_spec(FINETUNE, learningRate=0.1), "spec.learningRate", "unknown field"),
     ("two-model-sources", with_spec(INFERENCE, model={"uri": "pvc://m/a", "fineTuneJob": {"name": "ft"}}), "spec.model", "exactly one of uri, fineTuneJob, compressionJob"),
     ("no-model-source", with_spec(COMPRESSION, model={}), "spec.model", "exactly one of uri, fineTuneJob"),
@@ -85,7 +85,17 @@ INVALID = [
     ("sparsity-2-4", with_spec(COMPRESSION, stages=[{"prune": {"method": "2:4", "sparsity": 0.7}}]), "spec.stages[0].prune.sparsity", "exactly 0.5"),
     ("no-stages", with_spec(COMPRESSION, stages=[]), "spec.stages", "at least 1 items"),
     ("bad-adapter-name", with_spec(INFERENCE, adapters=[{"name": "bad name!", "uri": "pvc://a/b"}]), "spec.adapters[0].name", "should match"),
+    # The runner refuses these only after its pods hold their GPUs: the API server must refuse them first.
+    ("qlora-zero3", with_spec(FINETUNE, method="qlora", deepspeed={"zeroStage": 3}), "spec.deepspeed.zeroStage", "qlora cannot be sharded with deepspeed zeroStage 3"),
+    ("hub-dataset", with_spec(FINETUNE, dataset={"uri": "hf://tatsu-lab/alpaca"}), "spec.dataset.uri", "hf:// datasets are not supported"),
+    ("hub-validation-dataset", with_spec(FINETUNE, dataset={"uri": "pvc://d/train.jsonl", "validationUri": "hf://org/val"}), "spec.dataset.validationUri", "hf:// datasets are not supported"),
 ]
+
+# Every Quantity field of every kind: (kind's base manifest, field). The int-or-string schema's
+# pattern never applies to numbers, so -7 as an integer needs its own check.
+QUANTITY_FIELDS = [(base, name) for base in (FINETUNE, COMPRESSION, INFERENCE) for name in ("cpu", "memory", "sharedMemory")]
+BAD_QUANTITIES = ["1.2.3", "8iiii", -7, "-1Gi", "lots", ""]
+GOOD_QUANTITIES = ["500m", "64Gi", "1e3", 4, "4", "0.5", "1.5Gi", "100M", 0]
 
 
 def _create(custom, namespace: str, obj: dict):
@@ -106,7 +116,9 @@ def test_enough_invalid_cases():
 
 def test_invalid_manifests_are_rejected_naming_the_field(custom, namespace):
     failures = []
-    for case_id, manifest, field, words in INVALID:
+    for i, (case_id, manifest, field, words) in enumerate(INVALID):
+        manifest = copy.deepcopy(manifest)
+        manifest["metadata"]["name"] = f"bad-{i}"  # a wrongly accepted case must not make the next one a 409
         try:
             _create(custom, namespace, manifest)
         except ApiException as exc:
@@ -116,6 +128,47 @@ def test_invalid_manifests_are_rejected_naming_the_field(custom, namespace):
         else:
             failures.append(f"{case_id}: accepted")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("base", [FINETUNE, COMPRESSION, INFERENCE], ids=lambda b: b["kind"])
+def test_invalid_quantities_are_rejected_naming_the_field(custom, namespace, base):
+    failures = []
+    for field in ("cpu", "memory", "sharedMemory"):
+        for i, value in enumerate(BAD_QUANTITIES):
+            manifest = with_spec(base, resources={**base["spec"].get("resources", {}), field: value})
+            manifest["metadata"]["name"] = f"{base['metadata']['name']}-{field.lower()}-{i}"  # one accepted must not hide the next
+            try:
+                _create(custom, namespace, manifest)
+            except ApiException as exc:
+                message, _ = _error(exc)
+                if exc.status != 422 or f"spec.resources.{field}" not in message or "non-negative Kubernetes quantity" not in message:
+                    failures.append(f"{field}={value!r}: status {exc.status}, message {message!r}")
+            else:
+                failures.append(f"{field}={value!r}: accepted")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("base", [FINETUNE, COMPRESSION, INFERENCE], ids=lambda b: b["kind"])
+def test_valid_quantities_are_accepted(custom, namespace, base):
+    for i, value in enumerate(GOOD_QUANTITIES):
+        manifest = with_spec(base, resources={**base["spec"].get("resources", {}), "cpu": value, "memory": value, "sharedMemory": value})
+        manifest["metadata"]["name"] = f"{base['metadata']['name']}-{i}"
+        created = _create(custom, namespace, manifest)
+        assert created["spec"]["resources"]["cpu"] == value
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"method": "qlora", "deepspeed": {"zeroStage": 2, "offloadOptimizer": True}},
+        {"method": "lora", "deepspeed": {"zeroStage": 3}},
+        {"method": "auto", "deepspeed": {"zeroStage": 3}},  # auto never picks qlora under ZeRO-3 (vram.choose_method)
+        {"baseModel": {"uri": "hf://org/model"}, "dataset": {"uri": "file:///data/train.jsonl", "validationUri": "pvc://d/val.jsonl"}},
+    ],
+    ids=["qlora-zero2", "lora-zero3", "auto-zero3", "hub-model-file-dataset"],
+)
+def test_neighbours_of_the_refused_combinations_are_accepted(custom, namespace, changes):
+    _create(custom, namespace, with_spec(FINETUNE, **changes))
 
 
 IMMUTABLE_CHANGES = [

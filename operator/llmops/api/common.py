@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from .cel import rule, rules
+
 GROUP = "llmops.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -46,7 +48,15 @@ ObjectName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
 
 # cpu: 4, memory: 64Gi — Kubernetes quantities are written both as numbers and
 # strings, so the schema must accept either (x-kubernetes-int-or-string).
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# The string is checked by the API server's own quantity parser (the CEL quantity
+# library, resource.ParseQuantity underneath) rather than by a regular expression
+# here: a hand-written pattern accepted `1.2.3` and `8iiii`, and the Job built from
+# them was refused only later, when the operator created it.
+# A negative amount is a valid quantity but no valid request, hence the sign checks.
+# The rule sits on the field itself so that the error names it (spec.resources.cpu).
+QUANTITY_MAX_LENGTH = 64  # bounds the CEL cost estimate; real quantities are a dozen characters
+QUANTITY_RULE = "type(self) == int ? self >= 0 : isQuantity(self) && !quantity(self).isLessThan(quantity('0'))"
+QUANTITY_MESSAGE = "must be a non-negative Kubernetes quantity, e.g. 8, 500m, 64Gi or 1e3"
 Quantity = Annotated[
     int | str,
     WithJsonSchema(
@@ -54,7 +64,8 @@ Quantity = Annotated[
             # Exactly this shape: Kubernetes allows typed anyOf branches only for int-or-string.
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
+            "maxLength": QUANTITY_MAX_LENGTH,
+            **rules(rule(QUANTITY_RULE, QUANTITY_MESSAGE, reason="FieldValueInvalid")),
         }
     ),
 ]

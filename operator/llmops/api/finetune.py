@@ -31,16 +31,31 @@ class BaseModelSource(ApiModel):
     )
 
 
+# The runner reads datasets only from files (runners/llmops_runners/data.py): an hf://
+# dataset id would reach it as a path that does not exist, and fail the job only after
+# its GPUs were allocated.
+NO_HUB_DATASET = rule(
+    "!self.startsWith('hf://')",
+    "hf:// datasets are not supported: the runner reads JSON or JSONL files; copy the data to a PVC and use pvc://",
+    reason="FieldValueInvalid",
+)
+
+
 class Dataset(ApiModel):
     """Training data."""
 
-    uri: Uri = Field(description="JSON or JSONL file (or a folder of them): pvc://, s3://, hf:// or file://.")
+    uri: Uri = Field(
+        description="JSON or JSONL file, e.g. pvc://claim/train.jsonl or file:///data/train.jsonl; hf:// dataset ids are refused (the runner reads files only).",
+        json_schema_extra=rules(NO_HUB_DATASET),
+    )
     format: Literal["instruction", "chat", "text"] = Field(
         "instruction",
         description="instruction: alpaca-style records with instruction, input, output and optional system; chat: records with a messages list; text: records with a text field.",
     )
     validation_split: float = Field(0.05, ge=0.0, le=0.5, description="Fraction of the data held out for validation.")
-    validation_uri: Uri | None = Field(None, description="Separate validation file; overrides validationSplit.")
+    validation_uri: Uri | None = Field(
+        None, description="Separate validation file; overrides validationSplit.", json_schema_extra=rules(NO_HUB_DATASET)
+    )
 
 
 class LoraConfig(ApiModel):
@@ -171,6 +186,14 @@ class FineTuneJobSpec(ApiModel):
                 "!has(self.promptTuning) || self.method == 'prompt-tuning'",
                 "promptTuning may only be set when method is prompt-tuning",
                 field_path=".promptTuning",
+                reason="FieldValueForbidden",
+            ),
+            # A 4-bit bitsandbytes base cannot be partitioned by ZeRO-3; the runner refuses
+            # the pair, but only once its pods hold their GPUs, so refuse it here instead.
+            rule(
+                "self.method != 'qlora' || !has(self.deepspeed) || self.deepspeed.zeroStage != 3",
+                "method qlora cannot be sharded with deepspeed zeroStage 3: use zeroStage 0, 1 or 2, or method lora",
+                field_path=".deepspeed.zeroStage",
                 reason="FieldValueForbidden",
             ),
         )
