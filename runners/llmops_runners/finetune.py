@@ -1,6 +1,7 @@
 """Entry point: `python -m llmops_runners.finetune --config config.json` (or LLMOPS_CONFIG=config.json).
 
-Exit codes: 0 success, 2 bad config or input (the operator must not retry), 1 anything else.
+Exit codes: 0 success, 2 bad config or input (the operator must not retry), 143 stopped by SIGTERM,
+1 anything else.
 Either way a JSON summary goes to the config's terminationMessagePath.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config, termination_path_from_raw
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInputError
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInputError, RunnerFailure
 from .launch import is_local_main_process, plan_from_env, run_plan
 from .termination import build_message, write_termination_message
 
@@ -60,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         termination = cfg.termination_message_path
         plan = plan_from_env(os.environ)
         if plan is not None:
-            log.info("launching %d process(es) on each of %d node(s) under torchrun", plan.nproc_per_node, plan.nnodes)
             return _worker_outcome(termination, run_plan(plan, str(Path(config_path).resolve())))
 
         from .train import run  # torch is imported only once we know we train in this process
@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInputError as error:
         _report_failure(termination, "InvalidInput", str(error))
         return EXIT_BAD_INPUT
+    except RunnerFailure as error:
+        _report_failure(termination, error.reason, str(error))
+        return error.exit_code
     except Exception as error:  # noqa: BLE001 - every failure must reach the termination message
         log.exception("training failed")
         detail = (str(error).strip().splitlines() or [""])[0][:300]

@@ -227,7 +227,8 @@ def count_parameters(model) -> tuple[int, int]:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        n = p.numel()
+        # A ZeRO-3 partitioned parameter is an empty tensor; ds_numel is its whole size.
+        n = getattr(p, "ds_numel", None) or p.numel()
         # 4-bit weights are packed two per byte; count the values they stand for.
         if type(p).__name__ == "Params4bit":
             n *= 2

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 
 from . import artifacts
 from .config import RunnerConfig
-from .data import PadCollator, load_splits
+from .data import PadCollator, Splits, load_splits
 from .deepspeed_config import build_deepspeed_config
 from .launch import is_local_main_process, world_size
 from .metrics import MetricsCallback, TrainingGauges
@@ -156,16 +156,23 @@ def peak_memory() -> dict:
     return peaks
 
 
-def _single_process_world() -> None:
-    """DeepSpeed always initialises torch.distributed; give a lone process the env torchrun would."""
+def _start_deepspeed_world() -> None:
+    """Start DeepSpeed's process group now, before the model loads.
+
+    ZeRO-3 partitions the model while from_pretrained builds it, and DeepSpeed reads the world size
+    from its own comm layer (to check the batch size) before it would start that layer itself. A lone
+    process gets the env torchrun would give it, because DeepSpeed always needs torch.distributed.
+    """
     import socket
 
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed()
 
 
 def final_metrics(trainer, train_output, progress, has_validation: bool, trainable: int, total: int) -> dict:
@@ -182,31 +189,52 @@ def final_metrics(trainer, train_output, progress, has_validation: bool, trainab
     return metrics
 
 
-def run(cfg: RunnerConfig) -> RunResult:
+@dataclass
+class Prepared:
+    """What a run needs before the Trainer exists."""
+    precision: str
+    tokenizer: PreTrainedTokenizerBase
+    splits: Splits
+    resume_from: Path | None
+    args: TrainingArguments
+    model: torch.nn.Module
+
+
+def prepare(cfg: RunnerConfig) -> Prepared:
+    """Data, TrainingArguments and the model with the method applied, in the order ZeRO-3 needs."""
     t = cfg.training
     if cfg.deepspeed is not None:
-        _single_process_world()
+        _start_deepspeed_world()
     precision = resolve_precision(t.precision)
     set_seed(t.seed)
-    output_dir = Path(cfg.output.path)
     # The operator names the same place in LLMOPS_CHECKPOINT_DIR; honouring it keeps the two in step.
-    checkpoint_dir = Path(os.environ.get("LLMOPS_CHECKPOINT_DIR") or output_dir / artifacts.CHECKPOINT_DIR)
+    checkpoint_dir = Path(os.environ.get("LLMOPS_CHECKPOINT_DIR") or Path(cfg.output.path) / artifacts.CHECKPOINT_DIR)
 
     tokenizer = load_tokenizer(cfg.model)
     splits = load_splits(tokenizer, cfg.dataset, t.max_seq_length, t.seed)
     log.info("data: %d training and %d validation examples (%s format)",
              len(splits.train), len(splits.validation or []), splits.format)
 
-    model = load_base_model(cfg, precision)
-    model = apply_method(cfg, model, gradient_checkpointing=t.gradient_checkpointing)
-    trainable, total = count_parameters(model)
-    log.info("trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
-
     resume_from = latest_checkpoint(checkpoint_dir) if cfg.checkpointing.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
-
+    # The arguments come before the model: with a DeepSpeed ZeRO-3 config they register it with
+    # transformers (for as long as they live), and only then does from_pretrained partition the
+    # parameters across ranks while loading instead of loading the whole model on every rank.
     args = training_arguments(cfg, precision, checkpoint_dir, splits.validation is not None, resume_from is not None)
+    model = load_base_model(cfg, precision)
+    model = apply_method(cfg, model, gradient_checkpointing=t.gradient_checkpointing)
+    return Prepared(precision, tokenizer, splits, resume_from, args, model)
+
+
+def run(cfg: RunnerConfig) -> RunResult:
+    t = cfg.training
+    output_dir = Path(cfg.output.path)
+    ready = prepare(cfg)
+    tokenizer, splits, resume_from = ready.tokenizer, ready.splits, ready.resume_from
+    trainable, total = count_parameters(ready.model)
+    log.info("trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
+
     gauges = TrainingGauges(cfg.job_name)
     if is_local_main_process():
         gauges.serve(cfg.metrics.port)
@@ -218,14 +246,14 @@ def run(cfg: RunnerConfig) -> RunResult:
         stopper = ValidationEarlyStopping(t.early_stopping.patience, t.early_stopping.threshold)
         callbacks.append(stopper)
 
-    trainer = Trainer(model=model, args=args, train_dataset=splits.train, eval_dataset=splits.validation,
+    trainer = Trainer(model=ready.model, args=ready.args, train_dataset=splits.train, eval_dataset=splits.validation,
                       data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                       callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # MetricsCallback already writes a readable line per log
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     metrics = final_metrics(trainer, train_output, progress, splits.validation is not None, trainable, total)
-    extra = {"precision": precision, "resumedFromStep": probe.start_step if resume_from else None,
+    extra = {"precision": ready.precision, "resumedFromStep": probe.start_step if resume_from else None,
              "resumedOptimizerStep": probe.optimizer_step if resume_from else None,
              "earlyStoppedAtStep": stopper.stopped_at if stopper else None,
              "deepspeedZeroStage": cfg.deepspeed.zero_stage if cfg.deepspeed else None}

@@ -7,7 +7,7 @@ from llmops_runners.config import parse_config
 
 from .runner_support import run_in_process
 
-build = pytest.importorskip("llmops.builders.finetune", reason="the operator package is not installed")
+build = pytest.importorskip("llmops.controllers.finetune.builders", reason="the operator package is not installed")
 from llmops.api.finetune import FineTuneJobSpec  # noqa: E402
 from llmops.settings import Settings  # noqa: E402
 

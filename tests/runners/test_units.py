@@ -1,12 +1,13 @@
 """Pure functions: DeepSpeed config per ZeRO stage, torchrun launch plan, termination-message size."""
 import json
+import time
 
 import pytest
 
 from llmops_runners.config import DeepSpeedSettings, TrainingSettings
 from llmops_runners.deepspeed_config import build_deepspeed_config
-from llmops_runners.errors import BadInputError
-from llmops_runners.launch import plan_from_env
+from llmops_runners.errors import BadInputError, RunnerFailure
+from llmops_runners.launch import plan_from_env, wait_for_address
 from llmops_runners.termination import MAX_BYTES, build_message, fit_to_limit
 
 TRAINING = TrainingSettings(perDeviceBatchSize=4, gradientAccumulationSteps=8, maxGradNorm=0.5, learningRate=1e-4)
@@ -51,6 +52,29 @@ def test_multi_node_plan_builds_torchrun_command():
     for flag in ("--nnodes=2", "--node-rank=1", "--nproc-per-node=8", "--master-addr=job-0.svc", "--master-port=29400"):
         assert flag in cmd
     assert cmd[-4:] == ["-m", "llmops_runners.finetune", "--config", "/etc/llmops/config.json"]
+
+
+def test_master_address_wait_is_configurable():
+    env = {"NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "1", "MASTER_ADDR": "job-0.svc"}
+    assert plan_from_env(env).master_addr_wait_s == 300
+    assert plan_from_env({**env, "LLMOPS_MASTER_ADDR_WAIT_SECONDS": "5"}).master_addr_wait_s == 5
+    with pytest.raises(BadInputError, match="LLMOPS_MASTER_ADDR_WAIT_SECONDS"):
+        plan_from_env({**env, "LLMOPS_MASTER_ADDR_WAIT_SECONDS": "soon"})
+
+
+def test_master_address_that_resolves_is_not_waited_for():
+    started = time.monotonic()
+    wait_for_address("localhost", timeout_s=30)
+    assert time.monotonic() - started < 5
+
+
+def test_master_address_that_never_resolves_fails_after_the_timeout():
+    started = time.monotonic()
+    with pytest.raises(RunnerFailure) as caught:
+        wait_for_address("job-0.job-workers.llmops-test.invalid", timeout_s=1)
+    assert 1 <= time.monotonic() - started < 10
+    assert caught.value.reason == "RendezvousUnresolved" and caught.value.exit_code == 1
+    assert "job-0.job-workers.llmops-test.invalid" in str(caught.value)
 
 
 def test_world_size_alone_implies_processes_per_node():
