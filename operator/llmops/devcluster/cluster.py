@@ -67,12 +67,15 @@ class ClusterState:
 class LocalCluster:
     """One local cluster rooted at `root`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, audit_policy: Path | None = None):
         self.root = Path(root)
         self.pki = self.root / "pki"
         self.logs = self.root / "logs"
         self.state_file = self.root / "state.json"
         self.kubeconfig = self.root / "kubeconfig"
+        # Opt-in (benchmarks): the API server logs what this audit policy selects to `audit_log`, one JSON line per event.
+        self.audit_policy = Path(audit_policy) if audit_policy else None
+        self.audit_log = self.logs / "audit.log"
 
     # -- state -------------------------------------------------------------
     def state(self) -> ClusterState | None:
@@ -208,7 +211,7 @@ class LocalCluster:
             # Endpoints may not hold a loopback address: no reconciling of the kubernetes Service.
             "--endpoint-reconciler-type=none",
             "--profiling=false", "--v=1",
-        ]
+        ] + ([f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}"] if self.audit_policy else [])
 
     def _controller_manager_args(self, configs: dict[str, Path]) -> list[str]:
         return [
