@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from llmops.builders import finetune as build
-from llmops.builders.common import InvalidLocation, child_name, resolve_location
-from llmops.conditions import set_condition
-from llmops.progress import format_duration, parse, progress_status
-from llmops.reconcile.finetune import Observed, plan
+from llmops.controllers.finetune import builders as build
+from llmops.runtime.children import InvalidLocation, child_name, resolve_location
+from llmops.runtime.conditions import set_condition
+from llmops.controllers.finetune.progress import format_duration, parse, progress_status
+from llmops.controllers.finetune.plan import Observed, plan
 from llmops.settings import Settings
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -55,10 +55,14 @@ def pod_obj(name, phase, attempt=0, exit_code=None, message="", conditions=(), n
     }
 
 
-def test_first_plan_creates_config_and_job_and_records_estimate():
+def test_first_plan_creates_one_job_carrying_the_config_and_records_estimate():
     p = plan(observe(body()), SETTINGS)
-    kinds = [c["kind"] for c in p.create]
-    assert kinds == ["ConfigMap", "Job"]
+    assert [(c["kind"], c["metadata"]["name"]) for c in p.create] == [("Job", "ft-ftj")]
+    template = p.create[0]["spec"]["template"]
+    config = json.loads(template["metadata"]["annotations"]["llmops.dev/runner-config"])
+    assert config["method"] == "lora" and config["jobName"] == "ft"
+    projected = next(v for v in template["spec"]["volumes"] if v["name"] == "config")["downwardAPI"]["items"][0]
+    assert projected == {"path": "config.json", "fieldRef": {"fieldPath": "metadata.annotations['llmops.dev/runner-config']"}}
     assert p.status["phase"] == "Pending" and p.status["selectedMethod"] == "lora"
     assert p.status["vramEstimate"]["availableGib"] == 80.0  # the product table wins over the node's MiB label
     assert p.status["observedGeneration"] == 3
@@ -69,7 +73,7 @@ def test_plan_is_idempotent_on_the_same_observation():
     first = plan(observe(b), SETTINGS)
     b["status"] = first.status
     second = plan(observe(b), SETTINGS)
-    assert second.status == first.status and [c["metadata"]["name"] for c in second.create] == ["ft-config", "ft"]
+    assert second.status == first.status and [c["metadata"]["name"] for c in second.create] == ["ft-ftj"]
     assert second.events == []  # nothing changed, nothing to tell
 
 
@@ -83,7 +87,7 @@ def test_runner_config_resolves_locations_and_holds_no_secret():
     assert config["dataset"]["path"] == "/mnt/pvc/data/train.jsonl"
     assert config["output"] == {"path": "/mnt/pvc/models/out/run1", "mergeLora": True}
     assert config["lora"] == {} and "qlora" not in config
-    job = build.job(b, spec, SETTINGS, attempt=0)
+    job = build.job(b, spec, config, SETTINGS, attempt=0)
     pod = job["spec"]["template"]["spec"]
     claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"data": True, "models": False}  # output claim writable, data read-only
@@ -104,12 +108,12 @@ def test_s3_locations_fail_with_an_actionable_reason():
 def test_failed_attempt_restarts_group_then_fails():
     b = body(backoffLimit=1, status={"selectedMethod": "lora", "attempt": 0, "restarts": 0})
     report = json.dumps({"status": "Failed", "reason": "NCCLTimeout", "message": "rank 1 timed out"})
-    failed_job = job_obj("ft", [("Failed", {"reason": "BackoffLimitExceeded"})])
+    failed_job = job_obj("ft-ftj", [("Failed", {"reason": "BackoffLimitExceeded"})])
     p = plan(observe(b, [failed_job], [pod_obj("ft-a", "Failed", exit_code=1, message=report)]), SETTINGS)
     assert (p.status["attempt"], p.status["restarts"], p.status["phase"]) == (1, 1, "Pending")
     assert ("Warning", "Restarting") in [(t, r) for t, r, _ in p.events]
     b["status"] = p.status
-    second = plan(observe(b, [failed_job, job_obj("ft-r1", [("Failed", {})])], [pod_obj("ft-b", "Failed", attempt=1, exit_code=1, message=report)]), SETTINGS)
+    second = plan(observe(b, [failed_job, job_obj("ft-ftj-r1", [("Failed", {})])], [pod_obj("ft-b", "Failed", attempt=1, exit_code=1, message=report)]), SETTINGS)
     assert second.status["phase"] == "Failed"
     cond = next(c for c in second.status["conditions"] if c["type"] == "Failed")
     assert cond["reason"] == "NCCLTimeout" and "rank 1 timed out" in cond["message"] and "backoffLimit is 1" in cond["message"]
@@ -118,37 +122,37 @@ def test_failed_attempt_restarts_group_then_fails():
 def test_disruption_retries_without_counting():
     b = body(backoffLimit=0, status={"selectedMethod": "lora", "attempt": 0, "restarts": 0})
     evicted = pod_obj("ft-a", "Failed", conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}])
-    p = plan(observe(b, [job_obj("ft", [("Failed", {"reason": "PodFailurePolicy"})])], [evicted]), SETTINGS)
+    p = plan(observe(b, [job_obj("ft-ftj", [("Failed", {"reason": "PodFailurePolicy"})])], [evicted]), SETTINGS)
     assert (p.status["attempt"], p.status["restarts"], p.status["phase"]) == (1, 0, "Pending")
 
 
 def test_exit_code_2_is_permanent():
     b = body(backoffLimit=5, status={"selectedMethod": "lora", "attempt": 0, "restarts": 0})
     bad = pod_obj("ft-a", "Failed", exit_code=2, message=json.dumps({"reason": "InvalidConfig", "message": "unknown target module foo."}))
-    p = plan(observe(b, [job_obj("ft", [("Failed", {})])], [bad]), SETTINGS)
+    p = plan(observe(b, [job_obj("ft-ftj", [("Failed", {})])], [bad]), SETTINGS)
     assert p.status["phase"] == "Failed" and p.status["restarts"] == 0
 
 
 def test_terminal_status_is_left_alone():
     b = body(status={"phase": "Failed", "selectedMethod": "lora"})
     p = plan(observe(b), SETTINGS)
-    assert p.create == [] and p.patch_jobs == {} and p.status["phase"] == "Failed"
+    assert p.create == [] and p.patch == {} and p.status["phase"] == "Failed"
 
 
 def test_suspend_patches_the_job_and_resume_unsuspends():
     b = body(suspend=True, status={"selectedMethod": "lora"})
-    p = plan(observe(b, [job_obj("ft")]), SETTINGS)
-    assert p.patch_jobs == {"ft": {"spec": {"suspend": True}}} and p.status["phase"] == "Suspended"
+    p = plan(observe(b, [job_obj("ft-ftj")]), SETTINGS)
+    assert p.patch == {("Job", "ft-ftj"): {"spec": {"suspend": True}}} and p.status["phase"] == "Suspended"
     b = body(suspend=False, status=p.status)
-    p = plan(observe(b, [job_obj("ft", suspend=True)]), SETTINGS)
-    assert p.patch_jobs == {"ft": {"spec": {"suspend": False}}}
+    p = plan(observe(b, [job_obj("ft-ftj", suspend=True)]), SETTINGS)
+    assert p.patch == {("Job", "ft-ftj"): {"spec": {"suspend": False}}}
 
 
 def test_deadline_counts_from_start_and_deletes_the_running_job():
     started = (NOW - timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%SZ")
     b = body(activeDeadlineSeconds=60, status={"selectedMethod": "lora", "startTime": started, "phase": "Running"})
-    p = plan(observe(b, [job_obj("ft")], [pod_obj("ft-a", "Running")]), SETTINGS)
-    assert p.delete_jobs == ["ft"] and p.status["phase"] == "Failed"
+    p = plan(observe(b, [job_obj("ft-ftj")], [pod_obj("ft-a", "Running")]), SETTINGS)
+    assert p.delete == [("Job", "ft-ftj")] and p.status["phase"] == "Failed"
     assert next(c for c in p.status["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
 
 
@@ -161,10 +165,18 @@ def test_unknown_model_size_skips_preflight_and_auto_defaults_to_lora():
 
 
 def test_child_names_stay_dns_labels():
-    name = child_name("a" * 52, "r12")
-    assert len(name) <= 63 and name.endswith("-r12")
-    assert child_name("x" * 70) != child_name("x" * 71)
-    assert build.job_name("ft", 0) == "ft" and build.job_name("ft", 2) == "ft-r2"
+    name = child_name("a" * 52, "ftj", "r12")
+    assert len(name) <= 63 and name.endswith("-ftj-r12")
+    assert child_name("x" * 70, "ftj") != child_name("x" * 71, "ftj")
+    assert build.job_name("ft", 0) == "ft-ftj" and build.job_name("ft", 2) == "ft-ftj-r2"
+
+
+def test_child_names_carry_the_kind_and_never_collide():
+    """A FineTuneJob and a CompressionJob named alike, and a job named like another's retry, get distinct children."""
+    ft = {child_name("m", "ftj", s) for s in ("", "r1", "workers")}
+    cp = {child_name("m", "cpj", s) for s in ("", "r1", "workers")}
+    retry_lookalike = {child_name("m-ftj-r1", "ftj", s) for s in ("", "r1", "workers")}
+    assert not ft & cp and not ft & retry_lookalike
 
 
 def test_condition_transition_time_moves_only_on_status_change():
@@ -192,9 +204,51 @@ def test_progress_from_runner_metrics():
 
 
 def test_failed_create_events_explain_missing_pods():
-    b = body(status={"selectedMethod": "lora", "jobName": "ft"})
-    obs = observe(b, [job_obj("ft")])
+    b = body(status={"selectedMethod": "lora", "jobName": "ft-ftj"})
+    obs = observe(b, [job_obj("ft-ftj")])
     obs.failed_creates = ['pods "ft-" is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1']
     p = plan(obs, SETTINGS)
     running = next(c for c in p.status["conditions"] if c["type"] == "Running")
     assert (running["reason"], p.status["phase"]) == ("FailedCreate", "Pending") and "exceeded quota" in running["message"]
+
+
+def _stamp(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_job_deadline_is_fixed_from_two_start_times_not_shrunk_on_every_pass():
+    """Kubernetes counts a Job's activeDeadlineSeconds from the Job's own startTime: the Job must get
+    `first start + limit - Job start`, the same at every pass, so it is patched once and never shrinks."""
+    first_start, job_start = NOW - timedelta(seconds=10), NOW - timedelta(seconds=12)
+    status = {"selectedMethod": "lora", "startTime": _stamp(first_start), "phase": "Running", "jobName": "ft-ftj"}
+    job = job_obj("ft-ftj")
+    job["status"]["startTime"] = _stamp(job_start)
+    job["spec"]["activeDeadlineSeconds"] = 40  # as created, before the first pods ran
+    running = [pod_obj("ft-a", "Running")]
+    early = plan(Observed(body(activeDeadlineSeconds=40, status=status), [job], running, NOW, {}), SETTINGS)
+    assert early.patch == {("Job", "ft-ftj"): {"spec": {"activeDeadlineSeconds": 42}}}
+    job["spec"]["activeDeadlineSeconds"] = 42
+    for later in (NOW + timedelta(seconds=5), NOW + timedelta(seconds=20)):
+        again = plan(Observed(body(activeDeadlineSeconds=40, status=status), [job], running, later, {}), SETTINGS)
+        assert again.patch == {} and again.status["phase"] == "Running"
+
+
+def test_a_retry_gets_the_time_left_of_the_whole_limit():
+    first_start = NOW - timedelta(seconds=25)
+    failed = job_obj("ft-ftj", [("Failed", {})])
+    status = {"selectedMethod": "lora", "startTime": _stamp(first_start), "attempt": 1, "restarts": 1, "phase": "Pending"}
+    p = plan(Observed(body(activeDeadlineSeconds=40, status=status), [failed], [], NOW, {}), SETTINGS)
+    retry = next(c for c in p.create if c["kind"] == "Job")
+    assert retry["metadata"]["name"] == "ft-ftj-r1" and retry["spec"]["activeDeadlineSeconds"] == 15
+
+
+def test_bf16_on_a_gpu_without_it_fails_before_any_pod():
+    v100 = {"gpusPerNode": 1, "gpuType": "Tesla-V100-SXM2-16GB"}
+    p = plan(observe(body(resources=v100)), SETTINGS)  # precision defaults to bf16
+    failed = next(c for c in p.status["conditions"] if c["type"] == "Failed")
+    assert p.create == [] and failed["reason"] == "UnsupportedPrecision" and "fp16" in failed["message"]
+    assert ("Warning", "UnsupportedPrecision") in [(t, r) for t, r, _ in p.events]
+    fp16 = plan(observe(body(resources=v100, training={"precision": "fp16"})), SETTINGS)
+    assert [c["kind"] for c in fp16.create] == ["Job"]
+    unknown = plan(observe(body(resources={"gpusPerNode": 1, "gpuType": "Some-Future-GPU"})), SETTINGS)
+    assert [c["kind"] for c in unknown.create] == ["Job"]  # unknown product: the runner decides on the node

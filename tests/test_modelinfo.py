@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from llmops import modelinfo
-from llmops.reconcile.finetune import Observed, plan
+from llmops.controllers.finetune.plan import Observed, plan
 from llmops.settings import Settings
 
 LLAMA_70B = {  # the shape of Meta-Llama-3-70B's config.json

@@ -2,7 +2,7 @@
 
 from datetime import datetime, timedelta, timezone
 
-from llmops.peering import Peering
+from llmops.runtime.peering import Peering
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from llmops.api.finetune import FineTuneJobSpec
-from llmops.builders.finetune import runner_config
-from llmops.reconcile.pods import failure_of, termination_report
+from llmops.controllers.finetune.builders import runner_config
+from llmops.runtime.pods import failure_of, termination_report
 from llmops.settings import Settings
 
 runner_config_model = pytest.importorskip("llmops_runners.config").RunnerConfig

@@ -18,7 +18,7 @@ import sys
 
 import kopf
 
-from . import metrics, peering
+from .runtime import metrics, peering
 from .settings import FINALIZER, PREFIX, Settings
 
 log = logging.getLogger("llmops")
@@ -41,8 +41,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.connect_timeout = 10
     # Only our children: never watch every pod and Job of the cluster.
     selector = "app.kubernetes.io/managed-by=llmops-operator"
-    settings.watching.label_selectors["batch", "jobs"] = selector
-    settings.watching.label_selectors["pods"] = selector
+    for plural in ("jobs", "pods", "services", "configmaps"):
+        settings.watching.label_selectors[plural] = selector
     settings.batching.worker_limit = 512
     settings.peering.name = "llmops"
     settings.peering.mandatory = False
@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     identity = f"llmops-{socket.gethostname()}-{os.getpid()}"
     peering.configure(peering.Peering(identity=identity, priority=priority, standalone=args.standalone, namespaces=args.namespace))
     metrics.serve(settings.metrics_port)
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from .controllers import CONTROLLERS
+    from .runtime.controller import Runtime
+
+    Runtime(CONTROLLERS, settings, namespaces=args.namespace).register()
 
     log.info("llmops-operator: metrics on :%d, namespaces %s, peering priority %d", settings.metrics_port, args.namespace or "all", priority)
     kopf.run(

@@ -14,9 +14,10 @@ CLUSTER_RULES: list[dict[str, Any]] = [
     # Our resources: Kopf watches them and patches its annotations; we write status.
     {"apiGroups": ["llmops.dev"], "resources": OUR_KINDS, "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["llmops.dev"], "resources": [f"{k}/status" for k in OUR_KINDS], "verbs": ["get", "patch"]},
-    # Children. No update anywhere: creation plus narrow patches is all the reconcilers do.
+    # Children: watched, created, server-side applied or merge-patched (both are "patch"), and
+    # deleted when a deleted namesake left them behind. No update (PUT) anywhere.
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     # Events: ours to post, and the Job controller's FailedCreate to read (quota, admission, missing PriorityClass).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},

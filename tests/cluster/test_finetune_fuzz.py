@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
 from finetune_helpers import GROUP, PLURAL, VERSION, condition, status
-from llmops.conditions import now
-from llmops.reconcile.finetune import Observed, plan
+from llmops.runtime.conditions import now
+from llmops.controllers.finetune.plan import Observed, plan
 from llmops.settings import Settings
 from waiting import wait_for
 

@@ -1,25 +1,45 @@
 """What the operator last saw of its objects and their children, fed by watch events.
 
-Reconciles read from here instead of listing Jobs and pods on every pass: with
-hundreds of jobs in a namespace, a LIST per reconcile makes the API server's
-work grow with the square of the job count. Our own writes are put back at
-once (write-through), so the next reconcile does not act on what it just changed.
+Reconciles read from here instead of listing on every pass: with hundreds of
+objects in a namespace, a LIST per reconcile makes the API server's work grow
+with the square of the object count. Our own writes are put back at once
+(write-through), so the next reconcile does not act on what it just changed.
+
+Every object is keyed by (kind, namespace, name), so a FineTuneJob and a
+CompressionJob of the same name never meet. Children are also indexed by the
+UID of their controller owner: a parent finds its children by its own UID,
+never by name, so a child left behind by a deleted namesake is not mistaken
+for its own.
+
+A watch can miss DELETED events: after a 410 Gone, or while a peered replica
+is paused, Kopf lists again and only tells what exists. `replace()` reconciles
+the cache against such a full listing, as a client-go informer does.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections import defaultdict
-from typing import Any
+from typing import Any, Iterable
 
-from .settings import LABEL_NAME
-
-Key = tuple[str, str]  # (namespace, name)
+Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
-def _version(obj: dict[str, Any]) -> int | None:
-    value = obj.get("metadata", {}).get("resourceVersion", "")
+def key_of(obj: dict[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return obj["kind"], meta.get("namespace", ""), meta["name"]
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """The UID of the object's controller owner (what created it), if any."""
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
+def _version(obj: dict[str, Any] | None) -> int | None:
+    value = ((obj or {}).get("metadata") or {}).get("resourceVersion", "")
     return int(value) if str(value).isdigit() else None
 
 
@@ -34,50 +54,69 @@ def _newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
 class Cache:
     def __init__(self):
         self._lock = threading.Lock()
-        self._parents: dict[Key, dict[str, Any]] = {}
-        self._children: defaultdict[Key, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+        self._objects: dict[Key, dict[str, Any]] = {}
+        self._by_owner: dict[str, set[Key]] = {}
 
-    # -- parents -------------------------------------------------------------
-    def put_parent(self, obj: dict[str, Any]) -> None:
-        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    def put(self, obj: dict[str, Any]) -> None:
+        key = key_of(obj)
         with self._lock:
-            if _newer(obj, self._parents.get(key)):
-                self._parents[key] = copy.deepcopy(obj)
+            old = self._objects.get(key)
+            if _newer(obj, old):
+                self._unindex(key, old)
+                self._objects[key] = copy.deepcopy(obj)
+                owner = controller_uid(obj)
+                if owner:
+                    self._by_owner.setdefault(owner, set()).add(key)
 
-    def forget_parent(self, namespace: str, name: str) -> None:
+    def drop(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        key = (kind, namespace, name)
         with self._lock:
-            self._parents.pop((namespace, name), None)
+            old = self._objects.pop(key, None)
+            self._unindex(key, old)
+            return old
 
-    def parent(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            obj = self._parents.get((namespace, name))
+            obj = self._objects.get((kind, namespace, name))
             return copy.deepcopy(obj) if obj else None
 
-    # -- children --------------------------------------------------------------
-    @staticmethod
-    def parent_of(obj: dict[str, Any]) -> Key | None:
-        name = (obj["metadata"].get("labels") or {}).get(LABEL_NAME)
-        return (obj["metadata"]["namespace"], name) if name else None
-
-    def put_child(self, obj: dict[str, Any]) -> None:
-        parent = self.parent_of(obj)
-        if parent is None:
-            return
-        key = (obj["kind"], obj["metadata"]["name"])
+    def owned_by(self, uid: str, kind: str) -> list[dict[str, Any]]:
+        """Objects of one kind whose controller owner has this UID, by name."""
         with self._lock:
-            if _newer(obj, self._children[parent].get(key)):
-                self._children[parent][key] = copy.deepcopy(obj)
+            keys = sorted(k for k in self._by_owner.get(uid, ()) if k[0] == kind)
+            return [copy.deepcopy(self._objects[k]) for k in keys]
 
-    def drop_child(self, obj: dict[str, Any]) -> None:
-        parent = self.parent_of(obj)
-        if parent is None:
-            return
+    def keys(self, kind: str) -> list[Key]:
         with self._lock:
-            self._children[parent].pop((obj["kind"], obj["metadata"]["name"]), None)
-            if not self._children[parent]:
-                del self._children[parent]
+            return sorted(k for k in self._objects if k[0] == kind)
 
-    def children(self, namespace: str, name: str, kind: str) -> list[dict[str, Any]]:
+    def replace(self, kind: str, namespaces: Iterable[str] | None, items: list[dict[str, Any]], list_version: int | None) -> list[dict[str, Any]]:
+        """Make the cache agree with a consistent listing of `kind` (in `namespaces`, or all).
+
+        Objects missing from the listing were deleted unless the cache holds a
+        copy newer than the listing (created after it). Returns the objects
+        dropped, so the caller can tell their owners.
+        """
+        listed = {key_of(obj) for obj in items}
+        scope = set(namespaces) if namespaces else None
+        for obj in items:
+            self.put(obj)
+        dropped = []
         with self._lock:
-            found = self._children.get((namespace, name), {})
-            return [copy.deepcopy(obj) for (k, _), obj in sorted(found.items()) if k == kind]
+            for key in [k for k in self._objects if k[0] == kind and (scope is None or k[1] in scope)]:
+                if key in listed:
+                    continue
+                version = _version(self._objects[key])
+                if list_version is not None and version is not None and version > list_version:
+                    continue
+                old = self._objects.pop(key)
+                self._unindex(key, old)
+                dropped.append(old)
+        return dropped
+
+    def _unindex(self, key: Key, old: dict[str, Any] | None) -> None:
+        owner = controller_uid(old) if old else None
+        if owner and owner in self._by_owner:
+            self._by_owner[owner].discard(key)
+            if not self._by_owner[owner]:
+                del self._by_owner[owner]

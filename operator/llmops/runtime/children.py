@@ -1,35 +1,58 @@
-"""Pieces every child resource shares: names, labels, owner references, scheduling, storage."""
+"""Pieces every child resource shares (names, labels, owner references, scheduling,
+storage) and the one skeleton of a runner's Job that every Job-running kind uses."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..api import KINDS
 from ..settings import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     LABEL_KIND,
     LABEL_MANAGED_BY,
+    LABEL_ATTEMPT,
     LABEL_NAME,
+    LABEL_ROLE,
+    KUEUE_QUEUE_LABEL,
     MANAGED_BY,
+    PREFIX,
 )
 
 MAX_NAME = 63  # Job names become pod labels (job-name), so they stay DNS labels.
+RUNNER_CONFIG_ANNOTATION = f"{PREFIX}/runner-config"
+CONFIG_MOUNT = "/etc/llmops"
+CONFIG_FILE = "config.json"
+TERMINATION_LOG = "/dev/termination-log"
+APPLIED_HASH_ANNOTATION = f"{PREFIX}/applied-hash"
 
 
 class InvalidLocation(ValueError):
     """A URI the operator cannot hand to a runner."""
 
 
-def child_name(parent: str, suffix: str = "", limit: int = MAX_NAME) -> str:
-    """A stable child name: parent + suffix, shortened with a hash when too long."""
-    name = f"{parent}-{suffix}" if suffix else parent
+def tag_of(kind: str) -> str:
+    """The kind's short name (ftj, cpj, lis): it is part of every child name."""
+    return next(k.short_names[0] for k in KINDS if k.kind == kind)
+
+
+def child_name(parent: str, tag: str, suffix: str = "", limit: int = MAX_NAME) -> str:
+    """parent-tag[-suffix], shortened with a hash when too long.
+
+    The kind's tag keeps a FineTuneJob and a CompressionJob of the same name
+    apart; with it last before the suffix, no parent name and suffix of one
+    kind can spell another parent's child (a suffix never ends in the tag).
+    """
+    tail = f"-{tag}" + (f"-{suffix}" if suffix else "")
+    name = parent + tail
     if len(name) <= limit:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    keep = limit - len(digest) - 1 - (len(suffix) + 1 if suffix else 0)
-    return f"{parent[:keep].rstrip('-')}-{digest}" + (f"-{suffix}" if suffix else "")
+    keep = limit - len(digest) - 1 - len(tail)
+    return f"{parent[:keep].rstrip('-')}-{digest}{tail}"
 
 
 def labels(kind: str, name: str) -> dict[str, str]:
@@ -123,3 +146,103 @@ def claim_volumes(locations: list[Location], writable: set[str], mount_root: str
         volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
         mounts.append({"name": volume, "mountPath": f"{mount_root}/{claim}", "readOnly": read_only})
     return volumes, mounts
+
+
+@dataclass(frozen=True)
+class RunnerPod:
+    """What a kind says about its runner's pod; `runner_job` makes the rest the same for every kind."""
+
+    container: str  # container name, e.g. trainer
+    image: str
+    module: str  # python -m <module> --config <file>
+    config: dict[str, Any]  # the runner's JSON config (never a secret)
+    env: list[dict[str, Any]]
+    gpus: int
+    locations: list[Location]  # URIs the runner reads or writes; their claims are mounted
+    writable_claim: str | None = None  # the output claim, the only one mounted read-write
+    gpu_type: str | None = None
+    cpu: Any = None
+    memory: Any = None
+    shared_memory: Any = None
+    scheduling: dict[str, Any] | None = None
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    pull_policy: str | None = None
+    ports: tuple[tuple[str, int], ...] = ()
+
+
+def runner_job(
+    body: dict[str, Any],
+    name: str,
+    pod: RunnerPod,
+    attempt: int,
+    mount_root: str,
+    *,
+    completions: int = 1,
+    subdomain: str | None = None,
+    suspend: bool = False,
+    queue: str | None = None,
+    deadline_seconds: int | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job of one attempt of a runner: one pod per completion.
+
+    The runner's config reaches the pod as an annotation projected into a file
+    (downward API), so an attempt is one object to create, not a ConfigMap and a Job.
+    """
+    volumes, mounts = claim_volumes(pod.locations, {pod.writable_claim} if pod.writable_claim else set(), mount_root)
+    volumes += [
+        {"name": "config", "downwardAPI": {"items": [
+            {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{RUNNER_CONFIG_ANNOTATION}']"}},
+        ]}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", **({"sizeLimit": str(pod.shared_memory)} if pod.shared_memory else {})}},
+    ]
+    mounts += [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    container: dict[str, Any] = {
+        "name": pod.container,
+        "image": pod.image,
+        "command": ["python", "-m", pod.module],
+        "args": ["--config", f"{CONFIG_MOUNT}/{CONFIG_FILE}"],
+        "env": [{"name": "LLMOPS_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"}, {"name": "LLMOPS_ATTEMPT", "value": str(attempt)}, *pod.env],
+        "resources": container_resources(pod.gpus, pod.cpu, pod.memory),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if pod.ports:
+        container["ports"] = [{"name": port_name, "containerPort": port} for port_name, port in pod.ports]
+    if pod.pull_policy:
+        container["imagePullPolicy"] = pod.pull_policy
+    pod_labels = {**pod.pod_labels, **labels(body["kind"], body["metadata"]["name"]), LABEL_ROLE: "worker", LABEL_ATTEMPT: str(attempt)}
+    annotations = {**pod.pod_annotations, RUNNER_CONFIG_ANNOTATION: json.dumps(pod.config, sort_keys=True)}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        **gpu_scheduling(pod.gpu_type, pod.scheduling),
+    }
+    job_labels = {LABEL_ATTEMPT: str(attempt)}
+    if queue:
+        job_labels[KUEUE_QUEUE_LABEL] = queue
+    job_spec: dict[str, Any] = {
+        # A failed pod fails the whole group: the operator restarts the group (a lone
+        # restarted rank would hang a rendezvous) and counts restarts itself.
+        "backoffLimit": 0,
+        "completions": completions,
+        "parallelism": completions,
+        # Kueue admits a queued Job by unsuspending it; otherwise spec.suspend decides.
+        "suspend": bool(suspend or queue),
+        "podFailurePolicy": {
+            "rules": [
+                # Node loss, eviction, preemption: fail fast so the operator retries at once, uncounted.
+                {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
+    }
+    if completions > 1:
+        job_spec["completionMode"] = "Indexed"
+    if subdomain:
+        pod_spec["subdomain"] = subdomain
+    if deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = max(1, int(deadline_seconds))
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(body, name, job_labels), "spec": job_spec}

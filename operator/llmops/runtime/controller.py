@@ -1,233 +1,468 @@
-"""Kopf handlers for FineTuneJob: thin triggers around one level-based reconcile.
+"""One controller runtime for every kind: watch → cache → queue → plan → apply → status → events.
 
-Watch events (of the object, of its Jobs and pods, and the initial listing after
-a restart) update a cache and put the object's key on a work queue; the periodic
-tick does the same for active jobs. Worker threads take keys off the queue and run
-the same `reconcile`: read the object and its children from the cache, `plan()`,
-apply. Only watching handlers: no finalizer and no Kopf state on our objects, so a
-FineTuneJob can be deleted while the operator is down (its children go with it
-through owner references).
+A kind plugs in a `KindController`: its API kind, the child resources it owns,
+`observe()` (gather what its pure plan needs) and `plan()` (pure). The runtime
+does the rest the same way for every kind:
+
+- Watch events (Kopf `on.event`, watching only; no finalizer, no Kopf state on
+  our objects) update the cache and queue the parent's key, (kind, ns, name).
+- Nothing is reconciled before the cache holds a complete listing of every
+  watched resource (the start-up barrier). When Kopf lists again (a 410 Gone,
+  or resuming after a peering pause) the cache is reconciled against a fresh
+  listing, so objects deleted in the gap do not live on in it.
+- Workers run `observe`, `plan` and apply the plan: missing children are
+  created (one replaced if another UID owns the name: never adopted), kept
+  children server-side applied when what is built changes, patches and
+  deletions applied, and the status merge-patched with a resourceVersion
+  precondition so a newer state is never clobbered.
+- A child the API server refuses is reported in status with the API server's
+  words: a 400/422 is permanent (Failed), a 403 (quota, policy) is retried with
+  backoff and says so.
+- A replica that peering has paused does nothing at all.
+- A ticker resyncs active objects and runs the kinds' progress scrapes in their
+  own threads, so scrapes never hold a reconcile worker.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
-from typing import Any
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
-from .. import metrics, modelinfo, peering
-from ..api import GROUP, VERSION
-from ..cache import Cache
-from ..conditions import now, parse_time
-from ..kube import Kube
-from ..progress import progress_status, scrape
-from ..reconcile.finetune import Observed, plan
-from ..reconcile.pods import of_attempt, rank_order
-from ..settings import LABEL_KIND, LABEL_MANAGED_BY, MANAGED_BY, Settings
-from ..workqueue import WorkQueue
+from .. import api
+from ..settings import LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, Settings
+from . import conditions as cond
+from . import metrics, peering
+from .cache import Cache, Key, controller_uid
+from .children import APPLIED_HASH_ANNOTATION
+from .kube import Conflict, Kube
+from .plan import Plan, StatusBuilder
+from .resources import CHILD_RESOURCES, POD, Resource, of_kind
+from .workqueue import RESYNC, RetryLater, WorkQueue
 
-KIND, PLURAL = "FineTuneJob", "finetunejobs"
-CHILD_LABELS = {LABEL_KIND: "finetunejob", LABEL_MANAGED_BY: MANAGED_BY}
-FAILED_CREATE_GRACE = 5  # seconds a new Job may be without pods before we ask why
+log = logging.getLogger("llmops.runtime")
 
-log = logging.getLogger("llmops.finetune")
-SETTINGS = Settings.from_env()
-CACHE = Cache()
-_kube: Kube | None = None
-_queue: WorkQueue | None = None
-_queue_lock = threading.Lock()
+PARKED_RECHECK = 2.0  # seconds between looks at keys parked while paused
+ACTIVE_PHASES = ("Pending", "Running", "Suspended")
+REJECTED, FORBIDDEN = "Rejected", "Forbidden"  # reasons for a child the API server refused
 
 
-def kube() -> Kube:
-    global _kube
-    if _kube is None:
-        _kube = Kube()
-    return _kube
+@dataclass(frozen=True)
+class KindController:
+    """What a kind plugs into the runtime."""
+
+    kind: api.Kind
+    children: tuple[str, ...]  # kinds of the children it owns (pods of its Jobs come along)
+    observe: Callable[["Context", dict[str, Any], dict[str, list[dict[str, Any]]]], Any]
+    plan: Callable[[Any, Settings], Plan]
+    # Optional: read progress of an active object off its pods (runs on the ticker's threads).
+    scrape: Callable[["Context", dict[str, Any], dict[str, list[dict[str, Any]]]], dict[str, Any] | None] | None = None
+    # How a refused child shows in status; the default suits Job-running kinds.
+    refused: Callable[[StatusBuilder, str, bool], None] | None = None
+
+    @property
+    def resource(self) -> Resource:
+        return of_kind(self.kind)
 
 
-def enqueue(namespace: str, name: str) -> None:
-    global _queue
-    with _queue_lock:  # watch events, workers and the ticker all enqueue
-        if _queue is None:
-            _queue = WorkQueue(_handle, workers=SETTINGS.workers, name="llmops-finetune")
-    _queue.add((namespace, name))
-
-
-def _handle(key: tuple[str, str]) -> None:
-    namespace, name = key
-    reconcile(namespace, name, scrape_progress=TICKER.take_scrape(key))
-
-
-def _owned_by(obj: dict[str, Any], uids: set[str]) -> bool:
-    return any(ref.get("uid") in uids for ref in obj["metadata"].get("ownerReferences") or [])
-
-
-def reconcile(namespace: str, name: str, scrape_progress: bool = False) -> None:
-    """One pass for one FineTuneJob. The work queue guarantees one pass per object at a time."""
-    with metrics.reconcile_timer(KIND):
-        for _ in range(2):
-            if _reconcile_once(namespace, name, scrape_progress):
-                return
-        # Still behind the API server after a refresh: the watch events will bring us back.
-
-
-def _reconcile_once(namespace: str, name: str, scrape_progress: bool) -> bool:
-    """Plan and apply; False when the cache turned out to be behind (a child we would create exists)."""
-    k = kube()
-    body = CACHE.parent(namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        metrics.forget_object(KIND, namespace, name)
-        TICKER.track(namespace, name, None)
-        return True
-    jobs = [j for j in CACHE.children(namespace, name, "Job") if _owned_by(j, {body["metadata"]["uid"]})]
-    pods = [p for p in CACHE.children(namespace, name, "Pod") if _owned_by(p, {j["metadata"]["uid"] for j in jobs})]
-    old_status = body.get("status") or {}
-    model_config = None
-    if not old_status.get("selectedMethod"):
-        base = (body.get("spec") or {}).get("baseModel") or {}
-        model_config = modelinfo.fetch_config(base.get("uri", ""), base.get("revision"))
-    failed_creates = _failed_creates(k, namespace, old_status, jobs, pods)
-    result = plan(Observed(body, jobs, pods, now(), k.gpu_memory_mib(), model_config, failed_creates), SETTINGS)
-
-    for child in result.create:
-        created = k.create(child)
-        if created:
-            metrics.CHILDREN_CREATED.labels(KIND, child["kind"]).inc()
-            CACHE.put_child(created)
-        elif child["kind"] == "Job":
-            # It exists but our cache has not seen it (e.g. just after a restart): read it and plan
-            # again, rather than report "JobCreated" over a Job that may be running or finished.
-            existing = k.read("Job", namespace, child["metadata"]["name"])
-            if existing:
-                CACHE.put_child(existing)
-                return False
-    for job_name, patch in result.patch_jobs.items():
-        CACHE.put_child(k.patch_job(namespace, job_name, patch))
-    for job_name in result.delete_jobs:
-        k.delete_job(namespace, job_name)
-    if scrape_progress and result.status.get("phase") == "Running":
-        _add_progress(result.status, pods)
-    if result.status != old_status:
-        updated = k.patch_status(PLURAL, namespace, name, result.status)
-        if updated:
-            CACHE.put_parent(updated)
-    for type_, reason, message in result.events:
-        k.event(body, type_, reason, message)
-    metrics.observe_object(KIND, namespace, name, result.status.get("phase"), result.status.get("gpus") or 0)
-    TICKER.track(namespace, name, result.status.get("phase"))
-    if result.status.get("attempt") != old_status.get("attempt"):
-        enqueue(namespace, name)  # start the next attempt now, not at the next event
-    return True
-
-
-def _failed_creates(k: Kube, namespace: str, status: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[str]:
-    """FailedCreate events, looked up only when the current Job has fewer pods than it wants."""
-    current = next((j for j in jobs if j["metadata"]["name"] == status.get("jobName")), None)
-    if current is None or (current.get("status") or {}).get("conditions"):
-        return []
-    created = parse_time(current["metadata"].get("creationTimestamp"))
-    if created and (now() - created).total_seconds() < FAILED_CREATE_GRACE:
-        return []  # the Job controller usually needs a moment: no event lookup for every new Job
-    wanted = current["spec"].get("parallelism") or 1
-    mine = [p for p in pods if _owned_by(p, {current["metadata"]["uid"]})]
-    return k.failed_create_messages(namespace, current["metadata"]["name"]) if len(mine) < wanted and not current["spec"].get("suspend") else []
-
-
-def _add_progress(status: dict[str, Any], pods: list[dict[str, Any]]) -> None:
-    """Scrape rank 0's metrics endpoint into status.progress; a failed scrape keeps the last figures."""
-    ranks = [p for p in rank_order(of_attempt(pods, status.get("attempt", 0))) if (p.get("status") or {}).get("podIP")]
-    if not ranks:
-        return
-    try:
-        values = scrape(ranks[0]["status"]["podIP"], SETTINGS.runner_metrics_port, SETTINGS.scrape_timeout)
-    except OSError as exc:
-        log.debug("progress scrape of %s failed: %s", ranks[0]["metadata"]["name"], exc)
-        return
-    if values:
-        status["progress"] = progress_status(values, parse_time(status.get("startTime")), now())
-
-
-class Ticker:
-    """Every interval: queue active jobs for a resync that also scrapes their progress.
-
-    Not a Kopf timer: those put a finalizer on every object, and a finalizer
-    keeps a FineTuneJob from being deleted while the operator is down.
-    """
-
-    def __init__(self):
-        self.active: set[tuple[str, str]] = set()
-        self.scrape: set[tuple[str, str]] = set()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-
-    def track(self, namespace: str, name: str, phase: str | None) -> None:
-        with self.lock:
-            if phase in ("Pending", "Running"):
-                self.active.add((namespace, name))
-            else:
-                self.active.discard((namespace, name))
-                self.scrape.discard((namespace, name))
-
-    def take_scrape(self, key: tuple[str, str]) -> bool:
-        with self.lock:
-            if key in self.scrape:
-                self.scrape.discard(key)
-                return True
-            return False
-
-    def run(self) -> None:
-        while not self.stop.wait(SETTINGS.progress_interval):
-            if peering.current().paused(kube()):
-                continue  # a peer of higher priority is the active replica
-            with self.lock:
-                keys = sorted(self.active)
-                self.scrape.update(keys)
-            for key in keys:
-                enqueue(*key)
-
-
-TICKER = Ticker()
-
-
-@kopf.on.startup()
-def start_ticker(**_: Any) -> None:
-    threading.Thread(target=TICKER.run, name="llmops-ticker", daemon=True).start()
-
-
-@kopf.on.cleanup()
-def stop_ticker(**_: Any) -> None:
-    TICKER.stop.set()
-    if _kube is not None:
-        _kube.flush_events()  # a graceful exit posts what it has to tell
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def finetunejob_event(event: dict[str, Any], **_: Any) -> None:
-    """Every watch event of a FineTuneJob (the initial listing after a restart too)."""
-    obj = event["object"]
-    obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")  # items of an initial listing may lack them
-    obj.setdefault("kind", KIND)
-    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-    if event.get("type") == "DELETED":
-        CACHE.forget_parent(namespace, name)
-        metrics.forget_object(KIND, namespace, name)
-        TICKER.track(namespace, name, None)
-        return
-    CACHE.put_parent(obj)
-    enqueue(namespace, name)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-async def child_event(event: dict[str, Any], **_: Any) -> None:
-    obj = event["object"]
-    obj.setdefault("kind", "Pod" if "containers" in (obj.get("spec") or {}) else "Job")
-    if event.get("type") == "DELETED":
-        CACHE.drop_child(obj)
+def default_refused(status: StatusBuilder, message: str, permanent: bool) -> None:
+    if permanent:
+        status.fail(REJECTED, message)
     else:
-        CACHE.put_child(obj)
-    parent = Cache.parent_of(obj)
-    if parent:
-        enqueue(*parent)
+        status.condition(cond.RUNNING, False, FORBIDDEN, message)
+        status.phase("Pending", message)
+
+
+class Context:
+    """What `observe` and `scrape` may use: the API, settings and the latest progress."""
+
+    def __init__(self, runtime: "Runtime"):
+        self._runtime = runtime
+
+    @property
+    def kube(self) -> Kube:
+        return self._runtime.kube
+
+    @property
+    def settings(self) -> Settings:
+        return self._runtime.settings
+
+    def progress(self, key: Key) -> dict[str, Any] | None:
+        return self._runtime.progress.get(key)
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new` (keys gone become null)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        elif old[k] != v:
+            patch[k] = merge_patch(old[k], v)
+    return patch
+
+
+def content_hash(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Runtime:
+    def __init__(self, controllers: list[KindController], settings: Settings, kube: Kube | None = None, namespaces: list[str] | None = None):
+        self.controllers = {c.kind.kind: c for c in controllers}
+        self.by_label = {c.kind.kind.lower(): c for c in controllers}
+        self.settings = settings
+        self._kube = kube
+        self.namespaces = namespaces or []
+        self.cache = Cache()
+        self.context = Context(self)
+        self.progress: dict[Key, dict[str, Any]] = {}
+        self.active: set[Key] = set()
+        self.parked: set[Key] = set()  # keys that came while paused: reconciled once we act again
+        self._lock = threading.Lock()
+        self._ticked_at = 0.0
+        self._relist_wanted: set[str] = set()
+        self._relist_cond = threading.Condition()
+        self._stop = threading.Event()
+        self.queue = WorkQueue(self._handle, workers=settings.workers, name="llmops-reconcile")
+        self._creates = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llmops-create")
+        self._scrapes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmops-scrape")
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube()
+        return self._kube
+
+    # -- what is watched ------------------------------------------------------------------
+    def watched(self) -> list[tuple[Resource, str | None]]:
+        """Every resource the cache follows, with its label selector."""
+        ours = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        child_kinds = sorted({k for c in self.controllers.values() for k in c.children} | {"Pod"})
+        return [(c.resource, None) for c in self.controllers.values()] + [(CHILD_RESOURCES[k], ours) for k in child_kinds]
+
+    # -- start-up and the barrier -----------------------------------------------------------
+    def start(self) -> None:
+        """List everything once, then open the queue (blocking until the listing is done)."""
+        for resource, selector in self.watched():
+            self._list_into_cache(resource, selector)
+        for kind in self.controllers:
+            for key in self.cache.keys(kind):
+                self.queue.add(key)
+        self.queue.open()
+        threading.Thread(target=self._relist_loop, name="llmops-relist", daemon=True).start()
+        threading.Thread(target=self._tick_loop, name="llmops-ticker", daemon=True).start()
+        log.info("cache filled from a full listing; reconciling")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.stop()
+        with self._relist_cond:
+            self._relist_cond.notify_all()
+        if self._kube is not None:
+            self._kube.flush_events()  # a graceful exit posts what it has to tell
+
+    def _list_into_cache(self, resource: Resource, selector: str | None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        versions: list[int | None] = []
+        for namespace in self.namespaces or [None]:
+            found, version = self.kube.list(resource, namespace, selector)
+            items += found
+            versions.append(version)
+        version = min((v for v in versions if v is not None), default=None)
+        return self.cache.replace(resource.kind, self.namespaces or None, items, version)
+
+    # -- watch events ---------------------------------------------------------------------------
+    def on_event(self, event: dict[str, Any], kind: str) -> None:
+        obj = event["object"]
+        obj.setdefault("kind", kind)  # items of a listing may lack it
+        if event.get("type") is None:
+            self._want_relist(kind)  # Kopf is listing: something may have been missed
+        if event.get("type") == "DELETED":
+            self.cache.drop(kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            if kind in self.controllers:
+                self._forget(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
+                return
+        else:
+            self.cache.put(obj)
+        parent = self.parent_key(obj)
+        if parent:
+            self.queue.add(parent)
+
+    def parent_key(self, obj: dict[str, Any]) -> Key | None:
+        if obj["kind"] in self.controllers:
+            return obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        obj_labels = obj["metadata"].get("labels") or {}
+        controller = self.by_label.get(obj_labels.get(LABEL_KIND, ""))
+        name = obj_labels.get(LABEL_NAME)
+        return (controller.kind.kind, obj["metadata"]["namespace"], name) if controller and name else None
+
+    def _want_relist(self, kind: str) -> None:
+        # Every Kopf listing, even one a moment after ours at start-up: a pause can be that short.
+        with self._relist_cond:
+            self._relist_wanted.add(kind)
+            self._relist_cond.notify()
+
+    def _relist_loop(self) -> None:
+        selectors = {r.kind: (r, s) for r, s in self.watched()}
+        while not self._stop.is_set():
+            with self._relist_cond:
+                while not self._relist_wanted and not self._stop.is_set():
+                    self._relist_cond.wait()
+                if self._stop.wait(1.0):  # let Kopf's listing finish first
+                    return
+                wanted, self._relist_wanted = self._relist_wanted, set()
+            for kind in sorted(wanted):
+                try:
+                    dropped = self._list_into_cache(*selectors[kind])
+                except ApiException as exc:
+                    log.warning("re-listing %s failed (%s); will try at the next listing", kind, exc.reason)
+                    continue
+                for obj in dropped:
+                    log.info("%s %s/%s was deleted while the watch was down", kind, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+                    if kind in self.controllers:
+                        self._forget(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
+                    elif (parent := self.parent_key(obj)):
+                        self.queue.add(parent)
+
+    def _forget(self, kind: str, namespace: str, name: str) -> None:
+        key = (kind, namespace, name)
+        metrics.forget_object(kind, namespace, name)
+        with self._lock:
+            self.active.discard(key)
+            self.progress.pop(key, None)
+
+    # -- reconcile ----------------------------------------------------------------------------------
+    def _handle(self, key: Key) -> None:
+        if peering.current().paused(self.kube):
+            # A peer of higher priority acts. Keep the key: our view of the peering may lag
+            # Kopf's by a few seconds, and an event that arrives as we resume must not be lost.
+            with self._lock:
+                self.parked.add(key)
+            return
+        kind = key[0]
+        with metrics.reconcile_timer(kind):
+            for _ in range(3):
+                if self.reconcile(key):
+                    return
+            # Still behind the API server after refreshing: the watch events bring us back.
+
+    def owned(self, body: dict[str, Any], controller: KindController) -> dict[str, list[dict[str, Any]]]:
+        uid = body["metadata"]["uid"]
+        found = {kind: self.cache.owned_by(uid, kind) for kind in controller.children}
+        found["Pod"] = [p for child in (found.get("Job") or []) for p in self.cache.owned_by(child["metadata"]["uid"], "Pod")]
+        return found
+
+    def reconcile(self, key: Key) -> bool:
+        """One pass for one object; False when the cache turned out to be behind and it should run again."""
+        kind, namespace, name = key
+        controller = self.controllers[kind]
+        body = self.cache.get(kind, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self._forget(kind, namespace, name)
+            return True
+        body.setdefault("apiVersion", api.API_VERSION)
+        owned = self.owned(body, controller)
+        result = controller.plan(controller.observe(self.context, body, owned), self.settings)
+        status = result.status
+        try:
+            if not self._apply_children(body, result):
+                return False
+        except _Refused as refusal:
+            refused = StatusBuilder(body, cond.now())
+            (controller.refused or default_refused)(refused, refusal.message, refusal.permanent)
+            told = refused.new == refused.old  # the same refusal again: said already
+            self._write_status(controller, body, refused.new, [] if told else [("Warning", REJECTED if refusal.permanent else FORBIDDEN, refusal.message)])
+            if not refusal.permanent:
+                raise RetryLater(refusal.message) from None
+            return True
+        try:
+            self._write_status(controller, body, status, result.events)
+        except _Stale:
+            return False
+        if status.get("attempt") != (body.get("status") or {}).get("attempt"):
+            self.queue.add(key)  # start the next attempt now, not at the next event
+        return True
+
+    def _write_status(self, controller: KindController, body: dict[str, Any], status: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
+        meta = body["metadata"]
+        old = body.get("status") or {}
+        if status != old:
+            try:
+                updated = self.kube.patch_status(controller.resource, meta["namespace"], meta["name"], merge_patch(old, status), meta.get("resourceVersion"))
+            except Conflict:
+                # Our copy is old: read the current one and plan again from it.
+                fresh = self.kube.get(controller.resource, meta["namespace"], meta["name"])
+                if fresh:
+                    self.cache.put(fresh)
+                raise _Stale() from None
+            if updated:
+                self.cache.put(updated)
+        for type_, reason, message in events:
+            self.kube.event(body, type_, reason, message)
+        phase = status.get("phase")
+        metrics.observe_object(controller.kind.kind, meta["namespace"], meta["name"], phase, status.get("gpus") or 0)
+        key = (controller.kind.kind, meta["namespace"], meta["name"])
+        with self._lock:
+            if phase in ACTIVE_PHASES:
+                self.active.add(key)
+            else:
+                self.active.discard(key)
+                self.progress.pop(key, None)
+
+    # -- children ------------------------------------------------------------------------------------
+    def _apply_children(self, body: dict[str, Any], result: Plan) -> bool:
+        """Create, apply, patch and delete children; False when the cache was behind (plan again)."""
+        namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
+        fresh = True
+        todo = []
+        for child in result.create:
+            existing = self.cache.get(child["kind"], namespace, child["metadata"]["name"])
+            if existing is None:
+                todo.append(child)
+            elif controller_uid(existing) != uid:
+                self._replace_foreign(existing)
+        # Independent creates go out together: one round trip of latency, not one per child.
+        for outcome in self._creates.map(lambda c: self._create(c, uid), todo):
+            fresh = fresh and outcome
+        for child in result.apply:
+            self._apply(child, uid)
+        for (kind, name), patch in result.patch.items():
+            try:
+                self.cache.put(self.kube.patch(CHILD_RESOURCES[kind], namespace, name, patch))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        for kind, name in result.delete:
+            existing = self.cache.get(kind, namespace, name)
+            self.kube.delete(CHILD_RESOURCES[kind], namespace, name, uid=(existing or {}).get("metadata", {}).get("uid"))
+        return fresh
+
+    def _create(self, child: dict[str, Any], uid: str) -> bool:
+        resource = CHILD_RESOURCES[child["kind"]]
+        try:
+            created = self.kube.create(resource, child)
+        except ApiException as exc:
+            if exc.status == 409:
+                existing = self.kube.get(resource, child["metadata"]["namespace"], child["metadata"]["name"])
+                if existing is None:
+                    return False  # gone again meanwhile: plan again
+                if controller_uid(existing) != uid:
+                    self._replace_foreign(existing)
+                self.cache.put(existing)
+                return False  # ours, but the cache had not seen it: plan again from what is there
+            raise _Refused.from_api(exc, child) from None
+        metrics.CHILDREN_CREATED.labels(child["metadata"]["labels"].get(LABEL_KIND, ""), child["kind"]).inc()
+        self.cache.put(created)
+        return True
+
+    def _apply(self, child: dict[str, Any], uid: str) -> None:
+        resource = CHILD_RESOURCES[child["kind"]]
+        meta = child["metadata"]
+        wanted = content_hash(child)
+        existing = self.cache.get(child["kind"], meta["namespace"], meta["name"])
+        if existing is not None and controller_uid(existing) != uid:
+            self._replace_foreign(existing)
+        if existing is not None and (existing["metadata"].get("annotations") or {}).get(APPLIED_HASH_ANNOTATION) == wanted:
+            return  # what we built has not changed since we applied it
+        child = {**child, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}), APPLIED_HASH_ANNOTATION: wanted}}}
+        try:
+            self.cache.put(self.kube.apply(resource, child))
+        except ApiException as exc:
+            raise _Refused.from_api(exc, child) from None
+
+    def _replace_foreign(self, existing: dict[str, Any]) -> None:
+        """A child of that name belongs to someone else (e.g. a deleted namesake): delete it, never adopt it."""
+        meta = existing["metadata"]
+        log.info("%s %s/%s belongs to another owner; deleting it before creating ours", existing["kind"], meta["namespace"], meta["name"])
+        self.kube.delete(CHILD_RESOURCES[existing["kind"]], meta["namespace"], meta["name"], uid=meta.get("uid"))
+        raise RetryLater(f"waiting for the old {existing['kind']} {meta['name']} to go")
+
+    # -- the ticker --------------------------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        """Every interval: resync active objects, scraping progress first where a kind can."""
+        while not self._stop.wait(min(self.settings.progress_interval, PARKED_RECHECK)):
+            if peering.current().paused(self.kube):
+                continue
+            with self._lock:
+                parked, self.parked = self.parked, set()
+            for key in sorted(parked):
+                self.queue.add(key)
+            if time.monotonic() - self._ticked_at < self.settings.progress_interval:
+                continue
+            self._ticked_at = time.monotonic()
+            with self._lock:
+                keys = sorted(self.active)
+            for key in keys:
+                controller = self.controllers[key[0]]
+                if controller.scrape is None:
+                    self.queue.add(key, RESYNC)
+                else:
+                    self._scrapes.submit(self._scrape, controller, key)
+
+    def _scrape(self, controller: KindController, key: Key) -> None:
+        body = self.cache.get(*key)
+        if body is None:
+            return
+        try:
+            values = controller.scrape(self.context, body, self.owned(body, controller))
+        except Exception:  # noqa: BLE001 - a failed scrape keeps the last figures
+            log.debug("progress scrape of %s failed", key, exc_info=True)
+            values = None
+        if values:
+            with self._lock:
+                self.progress[key] = values
+        self.queue.add(key, RESYNC)
+
+    # -- Kopf -----------------------------------------------------------------------------------------
+    def register(self) -> None:
+        """Watch our kinds and our children with Kopf; nothing but watching."""
+        for resource, selector in self.watched():
+            labels = {LABEL_MANAGED_BY: MANAGED_BY} if selector else None
+
+            async def handler(event: dict[str, Any], _kind: str = resource.kind, **_: Any) -> None:
+                self.on_event(event, _kind)
+
+            kopf.on.event(resource.group, resource.version, resource.plural, labels=labels, id=f"watch-{resource.plural}")(handler)
+
+        @kopf.on.startup(id="llmops-runtime")
+        def start(**_: Any) -> None:
+            self.start()
+
+        @kopf.on.cleanup(id="llmops-runtime")
+        def stop(**_: Any) -> None:
+            self.stop()
+
+
+class _Stale(RetryLater):
+    """Our copy of the object was older than the API server's: plan again from the new one."""
+
+
+class _Refused(Exception):
+    """The API server refused a child: 400/422 are permanent, 403 (quota, policy) may heal."""
+
+    def __init__(self, message: str, permanent: bool):
+        super().__init__(message)
+        self.message, self.permanent = message, permanent
+
+    @classmethod
+    def from_api(cls, exc: ApiException, child: dict[str, Any]) -> "_Refused":
+        if exc.status not in (400, 403, 422):
+            raise exc
+        try:
+            said = json.loads(exc.body or "{}").get("message") or exc.reason
+        except json.JSONDecodeError:
+            said = exc.reason
+        what = f"the API server refused {child['kind']} {child['metadata']['name']}: {said}"
+        if exc.status == 403:
+            return cls(what + "; retrying with backoff", permanent=False)
+        return cls(what, permanent=True)

@@ -1,4 +1,10 @@
-"""Thin access to the Kubernetes API for the reconcilers: plain dicts in and out."""
+"""Thin access to the Kubernetes API for the runtime: plain dicts in and out.
+
+Requests go through the client's REST layer with plain dicts: the typed API of the kubernetes package validates every argument with pydantic
+and deserialises every response into models, which costs more CPU than the
+request itself. Every write is counted (`llmops_api_writes_total`), which is
+how the scale benchmark tells writes per object.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +20,25 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from .api import API_VERSION, GROUP, VERSION
+from ..settings import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, MANAGED_BY
+from . import metrics
 from .conditions import now, timestamp
-from .settings import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, MANAGED_BY
+from .resources import Resource
 
 log = logging.getLogger("llmops.kube")
 
+FIELD_MANAGER = MANAGED_BY
+EVENT_PATH = "/api/v1/namespaces/{namespace}/events"
+
+
+class Conflict(Exception):
+    """A write lost a race: the object changed since we read it (HTTP 409)."""
+
 
 class Kube:
-    """The API clients the operator uses, with small helpers that return dicts."""
+    """The API client the operator uses, with small helpers that return dicts."""
 
-    def __init__(self, api_client: client.ApiClient | None = None):
+    def __init__(self, api_client: client.ApiClient | None = None, timeout: float = 30.0):
         if api_client is None:
             try:
                 config.load_incluster_config()
@@ -34,15 +48,8 @@ class Kube:
             cfg.connection_pool_maxsize = 32
             api_client = client.ApiClient(cfg)
         self.api = api_client
-        self.core = client.CoreV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
-        # kind → (create, read) of the children the reconcilers make.
-        self._child_apis = {
-            "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
-            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
-            "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
-        }
+        self.custom = client.CustomObjectsApi(api_client)  # peering reads it
+        self.timeout = timeout
         self._nodes_at = 0.0
         self._gpu_memory: dict[str, int] = {}
         self._nodes_lock = threading.Lock()
@@ -50,76 +57,126 @@ class Kube:
         for i in range(2):
             threading.Thread(target=self._post_events, name=f"llmops-events-{i}", daemon=True).start()
 
-    @staticmethod
-    def _json(response) -> dict[str, Any]:
-        return json.loads(response.data)
+    # -- raw requests ---------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
+                content_type: str = "application/json") -> dict[str, Any]:
+        """One API call; the decoded JSON answer. Raises ApiException on HTTP errors."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, _, _ = self.api.param_serialize(
+            method, path, query_params=list((query or {}).items()), header_params=headers, auth_settings=["BearerToken"],
+        )
+        # The REST layer serialises the dict itself for JSON and YAML (apply) content types.
+        resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
+        data = resp.read()
+        if resp.status >= 400:
+            raise ApiException(http_resp=resp)
+        return json.loads(data) if data else {}
 
-    # -- our objects -----------------------------------------------------
-    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch status; returns the updated object (None if it is gone)."""
+    def _write(self, method: str, resource: Resource, path: str, **kwargs) -> dict[str, Any]:
+        metrics.API_WRITES.labels(method, resource.plural).inc()
+        return self.request(method, path, **kwargs)
+
+    # -- reads ------------------------------------------------------------------
+    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._json(self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": status}, _preload_content=False
-            ))
-        except ApiException as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing to report on
-                raise
-            return None
-
-    # -- children ----------------------------------------------------------
-    def failed_create_messages(self, namespace: str, job: str) -> list[str]:
-        """The Job controller's FailedCreate events for a Job: why its pods do not appear."""
-        selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
-        resp = self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
-        items = sorted(self._json(resp)["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-        return [e.get("message", "") for e in items]
-
-    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        """Create a child; an existing one is fine (reconciles are idempotent). The new object, or None if it existed."""
-        namespace, kind = obj["metadata"]["namespace"], obj["kind"]
-        create, _ = self._child_apis[kind]
-        try:
-            # _preload_content=False on every call: the typed client's response
-            # deserialisation costs more CPU than the request itself.
-            created = self._json(create(namespace, obj, _preload_content=False))
-            created.setdefault("kind", kind)
-            return created
-        except ApiException as exc:
-            if exc.status == 409:
-                return None
-            raise
-
-    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        _, read = self._child_apis[kind]
-        try:
-            obj = self._json(read(name, namespace, _preload_content=False))
+            obj = self.request("GET", resource.path(namespace, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        obj.setdefault("kind", kind)
+        obj.setdefault("kind", resource.kind)
+        obj.setdefault("apiVersion", resource.api_version)
         return obj
 
-    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        job = self._json(self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False))
-        job.setdefault("kind", "Job")
-        return job
+    def list(self, resource: Resource, namespace: str | None = None, label_selector: str | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A consistent listing (all pages) and its resourceVersion."""
+        items: list[dict[str, Any]] = []
+        query = {"limit": "500", **({"labelSelector": label_selector} if label_selector else {})}
+        version = None
+        while True:
+            page = self.request("GET", resource.path(namespace), query=query)
+            for item in page.get("items") or []:
+                item.setdefault("kind", resource.kind)
+                item.setdefault("apiVersion", resource.api_version)
+                items.append(item)
+            meta = page.get("metadata") or {}
+            version = version or meta.get("resourceVersion")
+            if not meta.get("continue"):
+                break
+            query["continue"] = meta["continue"]
+        return items, int(version) if str(version).isdigit() else None
 
-    def delete_job(self, namespace: str, name: str) -> None:
+    # -- writes -----------------------------------------------------------------
+    def create(self, resource: Resource, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create; raises ApiException (409 when it exists)."""
+        created = self._write("POST", resource, resource.path(obj["metadata"]["namespace"]), body=obj,
+                              query={"fieldManager": FIELD_MANAGER})
+        created.setdefault("kind", resource.kind)
+        return created
+
+    def apply(self, resource: Resource, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply under our field manager: creates, or updates the fields we own."""
+        meta = obj["metadata"]
+        applied = self._write("PATCH", resource, resource.path(meta["namespace"], meta["name"]), body=obj,
+                              query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                              content_type="application/apply-patch+yaml")  # JSON is YAML
+        applied.setdefault("kind", resource.kind)
+        return applied
+
+    def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        patched = self._write("PATCH", resource, resource.path(namespace, name), body=patch,
+                              content_type="application/merge-patch+json")
+        patched.setdefault("kind", resource.kind)
+        return patched
+
+    def delete(self, resource: Resource, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete in the background; with `uid`, only that incarnation of the name. Gone already is fine."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background", _preload_content=False)
+            self._write("DELETE", resource, resource.path(namespace, name), body=options)
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):  # 409: the precondition failed, a newer object has the name
                 raise
 
-    # -- cluster facts -----------------------------------------------------
+    def patch_status(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None) -> dict[str, Any] | None:
+        """Merge-patch status, only if the object is still at `resource_version`.
+
+        With the resourceVersion in the patch the API server refuses (409) a write
+        based on an old copy, so a newer status (another replica's, or the
+        object's re-creation) is never clobbered. Returns None if the object is gone.
+        """
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            updated = self._write("PATCH", resource, resource.path(namespace, name, "status"), body=body,
+                                  content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 409:
+                raise Conflict(f"{resource.kind} {namespace}/{name} changed since resourceVersion {resource_version}") from exc
+            raise
+        updated.setdefault("kind", resource.kind)
+        return updated
+
+    # -- cluster facts -------------------------------------------------------------
+    def failed_create_messages(self, namespace: str, job: str) -> list[str]:
+        """The Job controller's FailedCreate events for a Job: why its pods do not appear."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+        resp = self.request("GET", EVENT_PATH.format(namespace=namespace), query={"fieldSelector": selector})
+        items = sorted(resp.get("items") or [], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return [e.get("message", "") for e in items]
+
     def gpu_memory_mib(self, max_age: float = 30.0) -> dict[str, int]:
         """GPU product label → memory (MiB), from the nodes' GPU feature discovery labels."""
         with self._nodes_lock:
             if time.monotonic() - self._nodes_at > max_age:
-                resp = self.core.list_node(label_selector=GPU_PRODUCT_LABEL, _preload_content=False)
                 found: dict[str, int] = {}
-                for node in self._json(resp)["items"]:
+                nodes = self.request("GET", "/api/v1/nodes", query={"labelSelector": GPU_PRODUCT_LABEL})
+                for node in nodes.get("items") or []:
                     node_labels = node["metadata"].get("labels") or {}
                     memory = node_labels.get(GPU_MEMORY_LABEL, "")
                     if memory.isdigit():
@@ -127,7 +184,7 @@ class Kube:
                 self._gpu_memory, self._nodes_at = found, time.monotonic()
             return dict(self._gpu_memory)
 
-    # -- events ------------------------------------------------------------
+    # -- events ----------------------------------------------------------------------
     def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Queue a core/v1 Event on the object (what `kubectl describe` shows); posted in the background.
 
@@ -153,9 +210,11 @@ class Kube:
         meta = body["metadata"]
         stamp = timestamp(now())
         event = {
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": body.get("apiVersion", API_VERSION),
+                "apiVersion": body["apiVersion"],
                 "kind": body["kind"],
                 "name": meta["name"],
                 "namespace": meta["namespace"],
@@ -172,6 +231,8 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+            metrics.API_WRITES.labels("POST", "events").inc()
+            self.request("POST", EVENT_PATH.format(namespace=meta["namespace"]), body=event)
         except ApiException as exc:  # events are best effort: never fail a reconcile on them
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 
@@ -16,9 +17,11 @@ ERRORS = Counter("llmops_reconcile_errors_total", "Reconcile errors by kind and 
 OBJECTS = Gauge("llmops_objects", "Objects by kind and phase, as last reconciled.", ["kind", "phase"])
 GPUS_REQUESTED = Gauge("llmops_gpus_requested", "GPUs requested by objects not yet finished.", ["kind"])
 CHILDREN_CREATED = Counter("llmops_children_created_total", "Child resources created.", ["kind", "child"])
+API_WRITES = Counter("llmops_api_writes_total", "Writes to the API server by HTTP method and resource.", ["method", "resource"])
 
 # name → (phase, gpus) of each object, to keep the gauges exact across updates and deletions.
 _seen: dict[tuple[str, str, str], tuple[str, int]] = {}
+_seen_lock = threading.Lock()  # reconcile workers update these concurrently
 
 
 @contextmanager
@@ -37,20 +40,23 @@ def reconcile_timer(kind: str):
 
 
 def observe_object(kind: str, namespace: str, name: str, phase: str | None, gpus: int) -> None:
-    key = (kind, namespace, name)
-    old = _seen.get(key)
-    if old:
-        OBJECTS.labels(kind, old[0]).dec()
-        GPUS_REQUESTED.labels(kind).dec(old[1])
     phase = phase or "Unknown"
     active_gpus = gpus if phase not in ("Succeeded", "Failed") else 0
-    _seen[key] = (phase, active_gpus)
-    OBJECTS.labels(kind, phase).inc()
-    GPUS_REQUESTED.labels(kind).inc(active_gpus)
+    with _seen_lock:
+        old = _seen.get((kind, namespace, name))
+        if old == (phase, active_gpus):
+            return
+        if old:
+            OBJECTS.labels(kind, old[0]).dec()
+            GPUS_REQUESTED.labels(kind).dec(old[1])
+        _seen[(kind, namespace, name)] = (phase, active_gpus)
+        OBJECTS.labels(kind, phase).inc()
+        GPUS_REQUESTED.labels(kind).inc(active_gpus)
 
 
 def forget_object(kind: str, namespace: str, name: str) -> None:
-    old = _seen.pop((kind, namespace, name), None)
+    with _seen_lock:
+        old = _seen.pop((kind, namespace, name), None)
     if old:
         OBJECTS.labels(kind, old[0]).dec()
         GPUS_REQUESTED.labels(kind).dec(old[1])

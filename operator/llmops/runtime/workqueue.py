@@ -3,73 +3,123 @@
 Watch events only put a key here and return, so a burst of pod updates (created,
 scheduled, started, ready) becomes one reconcile, and the watch streams never wait
 behind slow API calls. A key is reconciled by one worker at a time; a key that
-changes while being reconciled is queued once more. Failures come back with a
-growing delay.
+changes while being reconciled is queued once more.
+
+Two lanes: keys from watch events go first; periodic resyncs (progress scrapes)
+wait in a lane of their own, so a thousand running jobs cannot delay the first
+reconcile of a new one. Failures come back after a growing delay, held by one
+timer thread for the whole queue (not a thread per retry).
+
+Nothing is handed to a worker before `open()`: the controller opens the queue
+once its cache holds a complete listing of every watched kind, so no reconcile
+acts on a half-filled cache.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections import deque
 from typing import Callable, Hashable
 
 log = logging.getLogger("llmops.workqueue")
+
+URGENT, RESYNC = 0, 1
+
+
+class RetryLater(Exception):
+    """A pass that did what it could and must run again after a backoff (a quota, an old child going)."""
 
 
 class WorkQueue:
     def __init__(self, handle: Callable[[Hashable], None], workers: int = 8, name: str = "llmops-worker",
                  retry_delays: tuple[float, ...] = (1, 2, 5, 10, 30, 60)):
         self._handle = handle
-        self._cond = threading.Condition()
-        self._order: deque[Hashable] = deque()
-        self._queued: set[Hashable] = set()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # workers wait here for keys
+        # The delay thread waits on its own condition: a notify() meant for a worker
+        # must never wake it instead (it would swallow the wake-up and a key would sit idle).
+        self._delays_changed = threading.Condition(lock)
+        self._lanes: tuple[deque[Hashable], deque[Hashable]] = (deque(), deque())
+        self._queued: dict[Hashable, int] = {}  # key → lane it waits in
         self._processing: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._failures: dict[Hashable, int] = {}
+        self._delayed: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
         self._retry_delays = retry_delays
+        self._open = False
         self._stopped = False
         for i in range(workers):
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+        threading.Thread(target=self._release_delayed, name=f"{name}-delays", daemon=True).start()
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, lane: int = URGENT) -> None:
         with self._cond:
-            if self._stopped or key in self._queued:
+            if self._stopped:
                 return
             if key in self._processing:
                 self._dirty.add(key)  # run again once the current pass ends
                 return
-            self._queued.add(key)
-            self._order.append(key)
-            self._cond.notify()
+            waiting = self._queued.get(key)
+            if waiting is not None:
+                if waiting > lane:  # a resync waiting behind others became urgent
+                    self._lanes[waiting].remove(key)
+                    self._enqueue(key, lane)
+                return
+            self._enqueue(key, lane)
 
     def add_after(self, key: Hashable, delay: float) -> None:
-        timer = threading.Timer(delay, self.add, args=(key,))
-        timer.daemon = True
-        timer.start()
+        with self._cond:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), key))
+            self._delays_changed.notify()
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
 
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+            self._delays_changed.notify()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._queued)
+
+    def _enqueue(self, key: Hashable, lane: int) -> None:
+        self._queued[key] = lane
+        self._lanes[lane].append(key)
+        self._cond.notify()
+
+    def _next(self) -> Hashable | None:
+        with self._cond:
+            while not self._stopped and not (self._open and any(self._lanes)):
+                self._cond.wait()
+            if self._stopped:
+                return None
+            key = (self._lanes[URGENT] or self._lanes[RESYNC]).popleft()
+            del self._queued[key]
+            self._processing.add(key)
+            return key
 
     def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._order and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
-                    return
-                key = self._order.popleft()
-                self._queued.discard(key)
-                self._processing.add(key)
+        while (key := self._next()) is not None:
             try:
                 self._handle(key)
-            except Exception:  # noqa: BLE001 - logged, retried with backoff
+            except Exception as exc:  # noqa: BLE001 - logged, retried with backoff
                 failures = self._failures.get(key, 0)
                 self._failures[key] = failures + 1
                 delay = self._retry_delays[min(failures, len(self._retry_delays) - 1)]
-                log.exception("reconcile of %s failed; retrying in %ss", key, delay)
+                if isinstance(exc, RetryLater):
+                    log.info("%s: %s; again in %ss", key, exc, delay)
+                else:
+                    log.exception("reconcile of %s failed; retrying in %ss", key, delay)
                 self.add_after(key, delay)
             else:
                 self._failures.pop(key, None)
@@ -79,6 +129,14 @@ class WorkQueue:
                     if key in self._dirty:
                         self._dirty.discard(key)
                         if key not in self._queued:
-                            self._queued.add(key)
-                            self._order.append(key)
-                            self._cond.notify()
+                            self._enqueue(key, URGENT)
+
+    def _release_delayed(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._delayed or self._delayed[0][0] > time.monotonic()):
+                    self._delays_changed.wait(timeout=self._delayed[0][0] - time.monotonic() if self._delayed else None)
+                if self._stopped:
+                    return
+                _, _, key = heapq.heappop(self._delayed)
+            self.add(key)

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conditions import timestamp
+from ...runtime.conditions import timestamp
 
 PREFIX = "llmops_finetune_"
 FIELDS = {

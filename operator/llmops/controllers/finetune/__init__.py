@@ -1,0 +1,48 @@
+"""The FineTuneJob controller: what the runtime needs to run FineTuneJobs.
+
+plan.py (pure) decides, builders.py (pure) makes the children, preflight.py
+is the VRAM pre-flight, progress.py reads the runner's metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ... import api, modelinfo
+from ...runtime import joblife
+from ...runtime.conditions import now, parse_time
+from ...runtime.controller import Context, KindController
+from ...runtime.pods import of_attempt, rank_order
+from .plan import Observed, plan
+from .progress import progress_status, scrape as scrape_metrics
+
+
+def observe(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, Any]]]) -> Observed:
+    meta, status = body["metadata"], body.get("status") or {}
+    at = now()
+    model_config, gpu_memory = None, {}
+    if not status.get("selectedMethod"):  # the pre-flight runs once, on the first pass
+        base = (body.get("spec") or {}).get("baseModel") or {}
+        model_config = modelinfo.fetch_config(base.get("uri", ""), base.get("revision"))
+        gpu_memory = ctx.kube.gpu_memory_mib()
+    failed_creates = []
+    job = joblife.wants_failed_create_lookup(status, owned["Job"], owned["Pod"], at)
+    if job:
+        failed_creates = ctx.kube.failed_create_messages(meta["namespace"], job)
+    return Observed(body, owned["Job"], owned["Pod"], at, gpu_memory, model_config, failed_creates,
+                    ctx.progress((body["kind"], meta["namespace"], meta["name"])))
+
+
+def scrape(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """status.progress from rank 0's metrics endpoint, or None when there is nothing to read yet."""
+    status = body.get("status") or {}
+    if status.get("phase") != "Running":
+        return None
+    ranks = [p for p in rank_order(of_attempt(owned["Pod"], status.get("attempt", 0))) if (p.get("status") or {}).get("podIP")]
+    if not ranks:
+        return None
+    values = scrape_metrics(ranks[0]["status"]["podIP"], ctx.settings.runner_metrics_port, ctx.settings.scrape_timeout)
+    return progress_status(values, parse_time(status.get("startTime")), now()) if values else None
+
+
+CONTROLLER = KindController(kind=api.FINETUNE, children=("Job", "Service"), observe=observe, plan=plan, scrape=scrape)

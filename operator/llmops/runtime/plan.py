@@ -1,0 +1,83 @@
+"""What a kind's pure `plan()` returns, and the status builder every plan uses.
+
+A plan looks at one object and the children it owns and says what to create,
+apply, patch and delete, the whole new status and the events worth telling.
+The runtime applies it. Running a plan twice on the same observation gives the
+same plan, which is what makes restarts of the operator (even SIGKILL) harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import conditions as cond
+
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass
+class Plan:
+    # Children to create when missing (never updated: a Job's template is immutable).
+    create: list[dict[str, Any]] = field(default_factory=list)
+    # Children kept equal to what is built, with server-side apply (e.g. a Deployment).
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    # (kind, name) → JSON merge patch for existing children.
+    patch: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # (kind, name) of children to delete.
+    delete: list[tuple[str, str]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
+
+
+class StatusBuilder:
+    """Builds the new status from the old one, one condition at a time."""
+
+    def __init__(self, body: dict[str, Any], at: datetime):
+        self.old: dict[str, Any] = dict(body.get("status") or {})
+        self.new: dict[str, Any] = dict(self.old)
+        self.generation = body["metadata"].get("generation")
+        self.at = at
+        self.new["observedGeneration"] = self.generation
+
+    @property
+    def finished(self) -> bool:
+        return self.old.get("phase") in TERMINAL
+
+    def condition(self, type_: str, status: bool | str, reason: str, message: str) -> None:
+        self.new["conditions"] = cond.set_condition(self.new.get("conditions"), type_, status, reason, message, self.generation, self.at)
+
+    def phase(self, phase: str, message: str) -> None:
+        self.new["phase"] = phase
+        self.new["message"] = message
+
+    def fail(self, reason: str, message: str) -> None:
+        self.condition(cond.FAILED, True, reason, message)
+        self.condition(cond.SUCCEEDED, False, reason, message)
+        self.condition(cond.RUNNING, False, reason, "the job has ended")
+        self.phase("Failed", message)
+        self.new.setdefault("completionTime", cond.timestamp(self.at))
+
+    def succeed(self, reason: str, message: str) -> None:
+        self.condition(cond.SUCCEEDED, True, reason, message)
+        self.condition(cond.FAILED, False, reason, message)
+        self.condition(cond.RUNNING, False, reason, "the job has ended")
+        self.phase("Succeeded", message)
+        self.new.setdefault("completionTime", cond.timestamp(self.at))
+
+
+def transition_events(old: dict[str, Any], new: dict[str, Any], warning_reasons: set[str]) -> list[tuple[str, str, str]]:
+    """Events for warnings and terminal states only.
+
+    Every event is a write to the API server; the happy path (created, started)
+    is in the status and its conditions, so it is not told twice.
+    """
+    events: list[tuple[str, str, str]] = []
+    for c in cond.changed(old.get("conditions"), new.get("conditions")):
+        terminal = c["type"] in (cond.SUCCEEDED, cond.FAILED) and c["status"] == "True"
+        if not (terminal or c["reason"] in warning_reasons) or any(e[1] == c["reason"] for e in events):
+            continue  # a failure sets three conditions with one reason: tell it once
+        warning = c["reason"] in warning_reasons or c["type"] == cond.FAILED
+        events.append(("Warning" if warning else "Normal", c["reason"], c["message"]))
+    return events
