@@ -252,3 +252,39 @@ def test_bf16_on_a_gpu_without_it_fails_before_any_pod():
     assert [c["kind"] for c in fp16.create] == ["Job"]
     unknown = plan(observe(body(resources={"gpusPerNode": 1, "gpuType": "Some-Future-GPU"})), SETTINGS)
     assert [c["kind"] for c in unknown.create] == ["Job"]  # unknown product: the runner decides on the node
+
+
+def test_a_failed_pod_before_the_job_fails_tells_nothing_misleading():
+    running = {"selectedMethod": "lora", "phase": "Running", "startTime": _stamp(NOW), "jobName": "ft-ftj",
+               "conditions": [{"type": "Running", "status": "True", "reason": "PodsRunning", "message": "1 of 1 pods running",
+                               "lastTransitionTime": _stamp(NOW), "observedGeneration": 3}]}
+    p = plan(observe(body(status=running), [job_obj("ft-ftj")], [pod_obj("ft-a", "Failed", exit_code=1)]), SETTINGS)
+    assert p.status["phase"] == "Running" and p.events == []  # no "waiting for pods" write: the Job's failure comes next
+
+
+def test_a_rank_that_finished_first_still_counts_as_started():
+    b = body(resources={"nodes": 2, "gpusPerNode": 1, "gpuType": "NVIDIA-H100-80GB-HBM3"}, status={"selectedMethod": "lora"})
+    pods = [pod_obj("ft-0", "Succeeded"), pod_obj("ft-1", "Running")]
+    assert plan(observe(b, [job_obj("ft-ftj")], pods), SETTINGS).status["phase"] == "Running"
+
+
+def test_a_job_complete_before_its_pod_report_arrives_waits_for_the_report():
+    """Jobs and pods come on separate watch streams: the Job's Complete may arrive first.
+    Finishing then would lose the runner's result for good (a finished job is never revisited)."""
+    b = body(status={"selectedMethod": "lora", "phase": "Running", "jobName": "ft-ftj"})
+    done = job_obj("ft-ftj", [("Complete", {})])
+    early = plan(observe(b, [done], [pod_obj("ft-a", "Running")]), SETTINGS)
+    assert early.status["phase"] == "Running" and "result" not in early.status
+    report = json.dumps({"status": "Succeeded", "artifactUri": "pvc://models/out", "metrics": {"train_loss": 0.5}})
+    late = plan(observe(b, [done], [pod_obj("ft-a", "Succeeded", exit_code=0, message=report)]), SETTINGS)
+    assert late.status["phase"] == "Succeeded" and late.status["result"]["artifactUri"] == "pvc://models/out"
+
+
+def test_a_failed_job_waits_for_its_failed_pod_to_tell_why():
+    b = body(backoffLimit=3, status={"selectedMethod": "lora", "phase": "Running", "jobName": "ft-ftj", "attempt": 0, "restarts": 0})
+    failed = job_obj("ft-ftj", [("Failed", {"reason": "PodFailurePolicy"})])
+    early = plan(observe(b, [failed], [pod_obj("ft-a", "Running")]), SETTINGS)
+    assert early.status["phase"] == "Running" and early.create == []
+    bad = pod_obj("ft-a", "Failed", exit_code=2, message=json.dumps({"reason": "InvalidConfig", "message": "no such column"}))
+    late = plan(observe(b, [failed], [bad]), SETTINGS)
+    assert late.status["phase"] == "Failed" and late.status["restarts"] == 0  # exit 2 is permanent: seen only from the pod

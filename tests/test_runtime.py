@@ -182,3 +182,71 @@ def test_a_pending_retry_never_swallows_the_wake_up_of_a_worker():
             time.sleep(0.001)
         assert i in done, f"key {i} was never handed to the idle worker"
     queue.stop()
+
+
+def test_the_cache_keeps_what_plans_read_and_drops_the_bulk():
+    cache = Cache()
+    job = obj("Job", "j", 1, owner="p")
+    job["metadata"]["managedFields"] = [{"manager": "kube-controller-manager"}]
+    job["spec"] = {"suspend": False, "parallelism": 2, "activeDeadlineSeconds": 40, "template": {"spec": {"containers": [{}]}}}
+    pod = obj("Pod", "p0", 2, owner="uid-Job-j")
+    pod["spec"] = {"nodeName": "gpu-0", "containers": [{"image": "x"}]}
+    pod["status"] = {"phase": "Running"}
+    cache.put(job)
+    cache.put(pod)
+    kept_job, kept_pod = cache.get("Job", "ns", "j"), cache.get("Pod", "ns", "p0")
+    assert kept_job["spec"] == {"suspend": False, "parallelism": 2, "activeDeadlineSeconds": 40}
+    assert "managedFields" not in kept_job["metadata"] and kept_job["metadata"]["ownerReferences"]
+    assert kept_pod["spec"] == {"nodeName": "gpu-0"} and kept_pod["status"] == {"phase": "Running"}
+    assert job["spec"]["template"] and job["metadata"]["managedFields"]  # the caller's object is untouched
+
+
+def test_the_echo_of_our_own_write_is_not_news():
+    cache = Cache()
+    assert cache.put(obj("Job", "j", 7, owner="p"))  # our write's response (write-through)
+    assert not cache.put(obj("Job", "j", 7, owner="p"))  # the same version again, from the watch
+    assert not cache.put(obj("Job", "j", 6, owner="p"))  # an older one
+    assert cache.put(obj("Job", "j", 8, owner="p"))
+
+
+def test_objects_never_reconciled_go_before_events_of_running_ones():
+    from llmops.runtime.workqueue import FIRST, URGENT
+
+    order = []
+    queue = WorkQueue(order.append, workers=1)
+    queue.add("running-pod-event", URGENT)
+    queue.add("resync", RESYNC)
+    queue.add("new-object", FIRST)
+    queue.open()
+    deadline = time.monotonic() + 5
+    while len(order) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert order == ["new-object", "running-pod-event", "resync"]
+    queue.stop()
+
+
+def test_reserved_workers_start_new_objects_while_the_others_are_busy():
+    from llmops.runtime.workqueue import FIRST, URGENT
+
+    busy, started = threading.Event(), []
+
+    def handle(key):
+        started.append(key)
+        if key.startswith("slow"):
+            busy.wait(5)
+
+    queue = WorkQueue(handle, workers=3, first_only=1)
+    queue.open()
+    queue.add("slow-a", URGENT)
+    queue.add("slow-b", URGENT)
+    queue.add("slow-c", URGENT)  # both general workers are now stuck; this one waits
+    deadline = time.monotonic() + 2
+    while len(started) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queue.add("new", FIRST)
+    deadline = time.monotonic() + 2
+    while "new" not in started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "new" in started and "slow-c" not in started  # the reserved worker took it, and only it
+    busy.set()
+    queue.stop()

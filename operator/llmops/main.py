@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # Kopf logs every watch event it hands us ("Handler ... succeeded"): a line per pod change.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = Settings.from_env()
     priority = random.randint(1, 1_000_000) if args.priority == "auto" else int(args.priority)
     identity = f"llmops-{socket.gethostname()}-{os.getpid()}"

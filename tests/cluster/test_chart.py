@@ -39,6 +39,10 @@ def test_chart_lints_and_renders_what_it_promises():
     assert kinds["ClusterRole"]["rules"] == CLUSTER_RULES
     container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert "--standalone" in container["args"] and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    images = {kind: env[f"LLMOPS_{kind.upper()}_IMAGE"] for kind in ("finetune", "compress", "serve")}
+    assert images == {kind: f"ghcr.io/llmops-dev/runner-{kind}:0.1.0" for kind in images}  # one runner image per kind
+    assert env["LLMOPS_WORKERS"] == "32"
     dashboard = kinds["ConfigMap"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     board = json.loads(dashboard["data"]["llmops.json"])

@@ -8,7 +8,7 @@ server retried forever in silence, and children of a deleted namesake adopted.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 import yaml
@@ -115,12 +115,72 @@ def test_objects_deleted_while_paused_leave_the_cache(cluster, custom, core, bat
         wait_for(lambda: not [j for j in batch.list_namespaced_job(namespace).items if j.metadata.uid == old_job], what="Job gone")
         custom.patch_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", "llmops", {"status": {"ghost-peer": None}})
         wait_for(lambda: "Resuming operations" in operator.log_tail(10**6), timeout=60, what="operator resumes")
-        new_job = wait_for(lambda: next((j.metadata.uid for j in batch.list_namespaced_job(namespace).items
-                                         if j.metadata.name == "keep-ftj" and j.metadata.uid != old_job), None),
-                           timeout=60, what="a new Job for the FineTuneJob whose Job vanished")
+        try:
+            new_job = wait_for(lambda: next((j.metadata.uid for j in batch.list_namespaced_job(namespace).items
+                                             if j.metadata.name == "keep-ftj" and j.metadata.uid != old_job), None),
+                               timeout=60, what="a new Job for the FineTuneJob whose Job vanished")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\noperator log:\n{operator.log_tail(8000)}") from None
         assert new_job
         wait_phase(custom, namespace, "keep", "Running", timeout=60)
         wait_for(lambda: 'llmops_objects{kind="FineTuneJob",phase="Running"} 1.0' in operator.metrics(), timeout=30,
                  what="the deleted FineTuneJob left the gauges")
     finally:
         operator.kill()
+
+
+def test_a_status_write_from_an_old_copy_never_clobbers_a_newer_one(cluster, custom, namespace):
+    """The runtime writes status with the resourceVersion it planned from: a write based on an older copy is refused."""
+    from llmops.runtime.kube import Conflict, Kube
+    from llmops.runtime.resources import of_kind
+    from llmops import api
+    from kubernetes import config
+
+    kube = Kube(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    resource = of_kind(api.FINETUNE)
+    seen = create(custom, namespace, finetunejob("racy"))
+    newer = kube.patch_status(resource, namespace, "racy", {"phase": "Running", "message": "another writer"}, seen["metadata"]["resourceVersion"])
+    assert newer["status"]["phase"] == "Running"
+    with pytest.raises(Conflict):
+        kube.patch_status(resource, namespace, "racy", {"phase": "Pending", "message": "from the old copy"}, seen["metadata"]["resourceVersion"])
+    assert status(custom, namespace, "racy")["message"] == "another writer"
+
+
+def test_children_that_follow_the_spec_are_server_side_applied(cluster, custom, core, namespace):
+    """Plan.apply: created with our field manager, left alone while unchanged, updated when it changes,
+    and a namesake owned by another UID is deleted rather than adopted."""
+    from kubernetes import config
+
+    from llmops.controllers import CONTROLLERS
+    from llmops.runtime import metrics
+    from llmops.runtime.children import metadata
+    from llmops.runtime.controller import Runtime
+    from llmops.runtime.kube import Kube
+    from llmops.runtime.workqueue import RetryLater
+    from llmops.settings import Settings
+
+    runtime = Runtime(CONTROLLERS, Settings(), kube=Kube(config.new_client_from_config(config_file=str(cluster.kubeconfig))), namespaces=[namespace])
+    owner = create(custom, namespace, finetunejob("owner"))
+    uid = owner["metadata"]["uid"]
+
+    def built(value):
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(owner, "owner-ftj-settings"), "data": {"value": value}}
+
+    def writes():
+        return sum(s.value for m in metrics.API_WRITES.collect() for s in m.samples if s.name.endswith("_total"))
+
+    runtime._apply(built("one"), uid)
+    applied = core.read_namespaced_config_map("owner-ftj-settings", namespace)
+    assert applied.data == {"value": "one"} and applied.metadata.owner_references[0].uid == uid
+    assert [(m.manager, m.operation) for m in applied.metadata.managed_fields] == [("llmops-operator", "Apply")]
+    before = writes()
+    runtime._apply(built("one"), uid)
+    assert writes() == before  # unchanged: no request at all
+    runtime._apply(built("two"), uid)
+    assert core.read_namespaced_config_map("owner-ftj-settings", namespace).data == {"value": "two"}
+
+    with pytest.raises(RetryLater):
+        runtime._apply(built("three"), "the-uid-of-a-newer-namesake")
+    wait_for(lambda: "owner-ftj-settings" not in [c.metadata.name for c in core.list_namespaced_config_map(namespace).items],
+             what="the foreign ConfigMap deleted")
+    runtime.stop()

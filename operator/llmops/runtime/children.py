@@ -27,7 +27,6 @@ RUNNER_CONFIG_ANNOTATION = f"{PREFIX}/runner-config"
 CONFIG_MOUNT = "/etc/llmops"
 CONFIG_FILE = "config.json"
 TERMINATION_LOG = "/dev/termination-log"
-APPLIED_HASH_ANNOTATION = f"{PREFIX}/applied-hash"
 
 
 class InvalidLocation(ValueError):

@@ -38,18 +38,18 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from .. import api
-from ..settings import LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, Settings
+from ..settings import LABEL_KIND, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, PREFIX, Settings
 from . import conditions as cond
 from . import metrics, peering
 from .cache import Cache, Key, controller_uid
-from .children import APPLIED_HASH_ANNOTATION
 from .kube import Conflict, Kube
 from .plan import Plan, StatusBuilder
-from .resources import CHILD_RESOURCES, POD, Resource, of_kind
-from .workqueue import RESYNC, RetryLater, WorkQueue
+from .resources import CHILD_RESOURCES, Resource, of_kind
+from .workqueue import FIRST, RESYNC, URGENT, RetryLater, WorkQueue
 
 log = logging.getLogger("llmops.runtime")
 
+APPLIED_HASH_ANNOTATION = f"{PREFIX}/applied-hash"  # what we last applied: unchanged means no write
 PARKED_RECHECK = 2.0  # seconds between looks at keys parked while paused
 ACTIVE_PHASES = ("Pending", "Running", "Suspended")
 REJECTED, FORBIDDEN = "Rejected", "Forbidden"  # reasons for a child the API server refused
@@ -133,7 +133,7 @@ class Runtime:
         self._relist_wanted: set[str] = set()
         self._relist_cond = threading.Condition()
         self._stop = threading.Event()
-        self.queue = WorkQueue(self._handle, workers=settings.workers, name="llmops-reconcile")
+        self.queue = WorkQueue(self._handle, workers=settings.workers, name="llmops-reconcile", first_only=settings.workers // 4)
         self._creates = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llmops-create")
         self._scrapes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmops-scrape")
 
@@ -157,7 +157,7 @@ class Runtime:
             self._list_into_cache(resource, selector)
         for kind in self.controllers:
             for key in self.cache.keys(kind):
-                self.queue.add(key)
+                self.queue.add(key, URGENT if (self.cache.get(*key) or {}).get("status") else FIRST)
         self.queue.open()
         threading.Thread(target=self._relist_loop, name="llmops-relist", daemon=True).start()
         threading.Thread(target=self._tick_loop, name="llmops-ticker", daemon=True).start()
@@ -192,11 +192,12 @@ class Runtime:
             if kind in self.controllers:
                 self._forget(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
                 return
-        else:
-            self.cache.put(obj)
+        elif not self.cache.put(obj):
+            return  # the echo of our own write, or older than what we hold: nothing new
         parent = self.parent_key(obj)
         if parent:
-            self.queue.add(parent)
+            never_reconciled = kind in self.controllers and not obj.get("status")
+            self.queue.add(parent, FIRST if never_reconciled else URGENT)
 
     def parent_key(self, obj: dict[str, Any]) -> Key | None:
         if obj["kind"] in self.controllers:
@@ -218,14 +219,17 @@ class Runtime:
             with self._relist_cond:
                 while not self._relist_wanted and not self._stop.is_set():
                     self._relist_cond.wait()
-                if self._stop.wait(1.0):  # let Kopf's listing finish first
-                    return
+            # Let Kopf's listing finish first; outside the lock, which Kopf's event loop takes.
+            if self._stop.wait(1.0):
+                return
+            with self._relist_cond:
                 wanted, self._relist_wanted = self._relist_wanted, set()
             for kind in sorted(wanted):
                 try:
                     dropped = self._list_into_cache(*selectors[kind])
-                except ApiException as exc:
-                    log.warning("re-listing %s failed (%s); will try at the next listing", kind, exc.reason)
+                except Exception as exc:  # noqa: BLE001 - this thread must outlive a slow or failed LIST
+                    log.warning("re-listing %s failed (%s); trying again", kind, exc)
+                    self._want_relist(kind)
                     continue
                 for obj in dropped:
                     log.info("%s %s/%s was deleted while the watch was down", kind, obj["metadata"].get("namespace"), obj["metadata"]["name"])
@@ -389,25 +393,32 @@ class Runtime:
 
     # -- the ticker --------------------------------------------------------------------------------------
     def _tick_loop(self) -> None:
-        """Every interval: resync active objects, scraping progress first where a kind can."""
         while not self._stop.wait(min(self.settings.progress_interval, PARKED_RECHECK)):
-            if peering.current().paused(self.kube):
-                continue
-            with self._lock:
-                parked, self.parked = self.parked, set()
-            for key in sorted(parked):
-                self.queue.add(key)
-            if time.monotonic() - self._ticked_at < self.settings.progress_interval:
-                continue
-            self._ticked_at = time.monotonic()
-            with self._lock:
-                keys = sorted(self.active)
-            for key in keys:
-                controller = self.controllers[key[0]]
-                if controller.scrape is None:
-                    self.queue.add(key, RESYNC)
-                else:
-                    self._scrapes.submit(self._scrape, controller, key)
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - this thread must outlive a failed peering read
+                log.warning("resync tick failed; trying again", exc_info=True)
+
+    def _tick(self) -> None:
+        """Release keys parked while paused; every interval, resync active objects,
+        scraping progress first where a kind can."""
+        if peering.current().paused(self.kube):
+            return
+        with self._lock:
+            parked, self.parked = self.parked, set()
+        for key in sorted(parked):
+            self.queue.add(key)
+        if time.monotonic() - self._ticked_at < self.settings.progress_interval:
+            return
+        self._ticked_at = time.monotonic()
+        with self._lock:
+            keys = sorted(self.active)
+        for key in keys:
+            controller = self.controllers[key[0]]
+            if controller.scrape is None:
+                self.queue.add(key, RESYNC)
+            else:
+                self._scrapes.submit(self._scrape, controller, key)
 
     def _scrape(self, controller: KindController, key: Key) -> None:
         body = self.cache.get(*key)

@@ -75,6 +75,8 @@ def advance(work: JobWorkload, seen: JobObservation, status: StatusBuilder, out:
         return
 
     pods = of_attempt(seen.pods, attempt)
+    if _finished(current) and _pods_behind(current, pods):
+        return  # the Job's verdict came first (another watch stream): its pods' reports come next
     if job_condition(current, "Complete"):
         report = next((r for r in (termination_report(p) for p in rank_order(pods)) if r), {})
         work.succeeded(status, report)
@@ -108,6 +110,14 @@ def advance(work: JobWorkload, seen: JobObservation, status: StatusBuilder, out:
         out.patch.setdefault(("Job", current_name), {"spec": {}})["spec"]["activeDeadlineSeconds"] = deadline
 
 
+def gather(kube: Any, body: dict[str, Any], owned: dict[str, list[dict[str, Any]]], at: datetime) -> JobObservation:
+    """What `advance` needs, from the children the runtime found; the one call that reads the API
+    (the Job controller's FailedCreate events), and only while pods are missing."""
+    job = wants_failed_create_lookup(body.get("status") or {}, owned["Job"], owned["Pod"], at)
+    failed = kube.failed_create_messages(body["metadata"]["namespace"], job) if job else []
+    return JobObservation(owned["Job"], owned["Pod"], failed)
+
+
 def wants_failed_create_lookup(status: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]], at: datetime) -> str | None:
     """The current Job's name when it has fewer pods than it wants for a while (not suspended, not done).
 
@@ -135,6 +145,17 @@ def _finished(job: dict[str, Any]) -> bool:
     return bool(job_condition(job, "Complete") or job_condition(job, "Failed"))
 
 
+def _pods_behind(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """A finished Job whose pods we still see running: the runner's report (its termination
+    message) and the failure's reason are in the pods' final state, which has not reached us yet."""
+    phases = [(p.get("status") or {}).get("phase") for p in pods]
+    if job_condition(job, "Complete"):
+        return any(ph != "Succeeded" for ph in phases)
+    if (job_condition(job, "Failed") or {}).get("reason") == "DeadlineExceeded":
+        return False  # the Job's own verdict says it all; its pods are being killed
+    return bool(phases) and "Failed" not in phases and any(ph in ("Pending", "Running") for ph in phases)
+
+
 def _waiting(work: JobWorkload, status: StatusBuilder, reason: str, message: str) -> None:
     if work.suspend:
         status.condition(cond.SUSPENDED, True, "Suspended", "spec.suspend is true: no pods run")
@@ -160,7 +181,10 @@ def _active(work: JobWorkload, status: StatusBuilder, job: str, pods: list[dict[
         status.condition(cond.RUNNING, False, "Unschedulable", message)
         status.phase("Pending", message)
         return
-    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    phases = [(p.get("status") or {}).get("phase") for p in pods if not p["metadata"].get("deletionTimestamp")]
+    if "Failed" in phases:
+        return  # the Job controller is about to fail the attempt: its verdict comes next, not "starting"
+    running = [ph for ph in phases if ph in ("Running", "Succeeded")]  # a rank that finished first still ran
     if len(running) >= work.pods:
         if not status.new.get("startTime"):
             status.new["startTime"] = cond.timestamp(status.at)

@@ -2,7 +2,7 @@
 
 Kopf pauses its own handlers when a peer of higher (or equal) priority is alive.
 Our periodic resync runs outside Kopf's handlers (a Kopf timer would put a
-finalizer on every FineTuneJob, which blocks deletion while the operator is
+finalizer on every object, which blocks deletion while the operator is
 down), so it asks the same question of the same object, with the same rule.
 """
 

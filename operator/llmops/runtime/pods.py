@@ -22,7 +22,7 @@ class PodFailure:
 
 
 def of_attempt(pods: list[dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
-    """The pods of one attempt (one Job) of a FineTuneJob."""
+    """The pods of one attempt (one Job) of a Job-running object."""
     return [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt)]
 
 

@@ -5,9 +5,10 @@ scheduled, started, ready) becomes one reconcile, and the watch streams never wa
 behind slow API calls. A key is reconciled by one worker at a time; a key that
 changes while being reconciled is queued once more.
 
-Two lanes: keys from watch events go first; periodic resyncs (progress scrapes)
-wait in a lane of their own, so a thousand running jobs cannot delay the first
-reconcile of a new one. Failures come back after a growing delay, held by one
+Three lanes, served in order: objects never reconciled yet (their first pass
+creates their workload), then keys from watch events, then periodic resyncs
+(progress scrapes). A thousand running jobs cannot delay the first reconcile of
+a new one. Failures come back after a growing delay, held by one
 timer thread for the whole queue (not a thread per retry).
 
 Nothing is handed to a worker before `open()`: the controller opens the queue
@@ -27,7 +28,7 @@ from typing import Callable, Hashable
 
 log = logging.getLogger("llmops.workqueue")
 
-URGENT, RESYNC = 0, 1
+FIRST, URGENT, RESYNC = 0, 1, 2
 
 
 class RetryLater(Exception):
@@ -36,14 +37,15 @@ class RetryLater(Exception):
 
 class WorkQueue:
     def __init__(self, handle: Callable[[Hashable], None], workers: int = 8, name: str = "llmops-worker",
-                 retry_delays: tuple[float, ...] = (1, 2, 5, 10, 30, 60)):
+                 retry_delays: tuple[float, ...] = (1, 2, 5, 10, 30, 60), first_only: int = 0):
         self._handle = handle
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # workers wait here for keys
         # The delay thread waits on its own condition: a notify() meant for a worker
         # must never wake it instead (it would swallow the wake-up and a key would sit idle).
         self._delays_changed = threading.Condition(lock)
-        self._lanes: tuple[deque[Hashable], deque[Hashable]] = (deque(), deque())
+        self._first_arrived = threading.Condition(lock)  # the same, for workers reserved to first passes
+        self._lanes: tuple[deque[Hashable], ...] = (deque(), deque(), deque())
         self._queued: dict[Hashable, int] = {}  # key → lane it waits in
         self._processing: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
@@ -53,8 +55,10 @@ class WorkQueue:
         self._retry_delays = retry_delays
         self._open = False
         self._stopped = False
+        # The first `first_only` workers take only never-reconciled objects: however busy the
+        # others are with events of running ones, a new object's first pass starts at once.
         for i in range(workers):
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+            threading.Thread(target=self._work, args=(i < first_only,), name=f"{name}-{i}", daemon=True).start()
         threading.Thread(target=self._release_delayed, name=f"{name}-delays", daemon=True).start()
 
     def add(self, key: Hashable, lane: int = URGENT) -> None:
@@ -66,7 +70,7 @@ class WorkQueue:
                 return
             waiting = self._queued.get(key)
             if waiting is not None:
-                if waiting > lane:  # a resync waiting behind others became urgent
+                if waiting > lane:  # e.g. a resync waiting behind others became urgent
                     self._lanes[waiting].remove(key)
                     self._enqueue(key, lane)
                 return
@@ -81,11 +85,13 @@ class WorkQueue:
         with self._cond:
             self._open = True
             self._cond.notify_all()
+            self._first_arrived.notify_all()
 
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+            self._first_arrived.notify_all()
             self._delays_changed.notify()
 
     def __len__(self) -> int:
@@ -96,20 +102,24 @@ class WorkQueue:
         self._queued[key] = lane
         self._lanes[lane].append(key)
         self._cond.notify()
+        if lane == FIRST:
+            self._first_arrived.notify()
 
-    def _next(self) -> Hashable | None:
+    def _next(self, first_only: bool) -> Hashable | None:
+        lanes = self._lanes[:1] if first_only else self._lanes
+        wake = self._first_arrived if first_only else self._cond
         with self._cond:
-            while not self._stopped and not (self._open and any(self._lanes)):
-                self._cond.wait()
+            while not self._stopped and not (self._open and any(lanes)):
+                wake.wait()
             if self._stopped:
                 return None
-            key = (self._lanes[URGENT] or self._lanes[RESYNC]).popleft()
+            key = next(lane for lane in lanes if lane).popleft()
             del self._queued[key]
             self._processing.add(key)
             return key
 
-    def _work(self) -> None:
-        while (key := self._next()) is not None:
+    def _work(self, first_only: bool = False) -> None:
+        while (key := self._next(first_only)) is not None:
             try:
                 self._handle(key)
             except Exception as exc:  # noqa: BLE001 - logged, retried with backoff

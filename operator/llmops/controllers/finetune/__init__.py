@@ -25,11 +25,8 @@ def observe(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, 
         base = (body.get("spec") or {}).get("baseModel") or {}
         model_config = modelinfo.fetch_config(base.get("uri", ""), base.get("revision"))
         gpu_memory = ctx.kube.gpu_memory_mib()
-    failed_creates = []
-    job = joblife.wants_failed_create_lookup(status, owned["Job"], owned["Pod"], at)
-    if job:
-        failed_creates = ctx.kube.failed_create_messages(meta["namespace"], job)
-    return Observed(body, owned["Job"], owned["Pod"], at, gpu_memory, model_config, failed_creates,
+    jobs = joblife.gather(ctx.kube, body, owned, at)
+    return Observed(body, jobs.jobs, jobs.pods, at, gpu_memory, model_config, jobs.failed_creates,
                     ctx.progress((body["kind"], meta["namespace"], meta["name"])))
 
 
