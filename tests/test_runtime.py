@@ -250,3 +250,17 @@ def test_reserved_workers_start_new_objects_while_the_others_are_busy():
     assert "new" in started and "slow-c" not in started  # the reserved worker took it, and only it
     busy.set()
     queue.stop()
+
+
+def test_a_listing_answered_before_a_deletion_does_not_bring_the_object_back():
+    """The informer race: LIST answered at rv 12 (the Job still there), DELETED (rv 13) applied,
+    then the listing applied. Without a tombstone the deleted Job would live on in the cache."""
+    cache = Cache()
+    cache.put(obj("Job", "j", 10, owner="p"))
+    listing = [obj("Job", "j", 10, owner="p")]
+    cache.drop("Job", "ns", "j", version=13)
+    assert cache.replace("Job", ["ns"], listing, list_version=12) == []
+    assert cache.get("Job", "ns", "j") is None and cache.owned_by("p", "Job") == []
+    recreated = obj("Job", "j", 20, owner="p")  # a later listing that really has it: a new incarnation
+    cache.replace("Job", ["ns"], [recreated], list_version=21)
+    assert cache.get("Job", "ns", "j")["metadata"]["resourceVersion"] == "20"

@@ -25,6 +25,7 @@ class OperatorProcess:
         self.metrics_port, self.liveness_port = free_port(), free_port()
         self.extra_env = extra_env or {}
         self.standalone = True  # False: peer with other replicas on the namespace's KopfPeering
+        self.verbose = False  # True: debug logging (every reconcile's decision)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> None:
@@ -39,7 +40,7 @@ class OperatorProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmops.main", "--namespace", self.namespace,
-             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz", *(["--standalone"] if self.standalone else [])],
+             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz", *(["--standalone"] if self.standalone else []), *(["--verbose"] if self.verbose else [])],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

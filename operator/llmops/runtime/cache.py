@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from typing import Any, Iterable
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
+TOMBSTONE_SECONDS = 600  # how long a deletion is remembered: longer than any listing takes
 
 
 def key_of(obj: dict[str, Any]) -> Key:
@@ -68,6 +70,9 @@ class Cache:
         self._lock = threading.Lock()
         self._objects: dict[Key, dict[str, Any]] = {}
         self._by_owner: dict[str, set[Key]] = {}
+        # key → (resourceVersion of the deletion, when): a listing answered before a DELETED event
+        # but applied after it must not bring the object back.
+        self._tombstones: dict[Key, tuple[int, float]] = {}
 
     def put(self, obj: dict[str, Any]) -> bool:
         """Keep the object if it is newer than our copy; True when it told us something new.
@@ -89,11 +94,17 @@ class Cache:
                 return True
             return False
 
-    def drop(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def drop(self, kind: str, namespace: str, name: str, version: int | None = None) -> dict[str, Any] | None:
+        """Forget an object; `version` is the resourceVersion of its deletion (a DELETED event's)."""
         key = (kind, namespace, name)
         with self._lock:
             old = self._objects.pop(key, None)
             self._unindex(key, old)
+            if version is not None:
+                now = time.monotonic()
+                self._tombstones[key] = (version, now)
+                if len(self._tombstones) > 1024:
+                    self._tombstones = {k: t for k, t in self._tombstones.items() if now - t[1] < TOMBSTONE_SECONDS}
             return old
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -121,9 +132,14 @@ class Cache:
         listed = {key_of(obj) for obj in items}
         scope = set(namespaces) if namespaces else None
         for obj in items:
+            tombstone = self._tombstones.get(key_of(obj))
+            if tombstone and (_version(obj) or 0) <= tombstone[0]:
+                continue  # deleted after the listing saw it
             self.put(obj)
         dropped = []
         with self._lock:
+            if list_version is not None:  # the listing is newer than these deletions: they are settled
+                self._tombstones = {k: t for k, t in self._tombstones.items() if k[0] != kind or t[0] > list_version}
             for key in [k for k in self._objects if k[0] == kind and (scope is None or k[1] in scope)]:
                 if key in listed:
                     continue

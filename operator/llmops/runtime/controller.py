@@ -130,6 +130,7 @@ class Runtime:
         self.parked: set[Key] = set()  # keys that came while paused: reconciled once we act again
         self._lock = threading.Lock()
         self._ticked_at = 0.0
+        self._was_paused = False
         self._relist_wanted: set[str] = set()
         self._relist_cond = threading.Condition()
         self._stop = threading.Event()
@@ -186,9 +187,10 @@ class Runtime:
         obj = event["object"]
         obj.setdefault("kind", kind)  # items of a listing may lack it
         if event.get("type") is None:
-            self._want_relist(kind)  # Kopf is listing: something may have been missed
+            self._want_relist()  # Kopf is listing: something may have been missed
         if event.get("type") == "DELETED":
-            self.cache.drop(kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            version = obj["metadata"].get("resourceVersion", "")
+            self.cache.drop(kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"], int(version) if version.isdigit() else None)
             if kind in self.controllers:
                 self._forget(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
                 return
@@ -207,10 +209,12 @@ class Runtime:
         name = obj_labels.get(LABEL_NAME)
         return (controller.kind.kind, obj["metadata"]["namespace"], name) if controller and name else None
 
-    def _want_relist(self, kind: str) -> None:
-        # Every Kopf listing, even one a moment after ours at start-up: a pause can be that short.
+    def _want_relist(self) -> None:
+        """List every watched kind again (debounced). A Kopf listing of one kind means a stream
+        restarted (410 Gone, or resuming from a pause); the others may have missed events too:
+        after a short pause Kopf does not always restart every stream cleanly."""
         with self._relist_cond:
-            self._relist_wanted.add(kind)
+            self._relist_wanted.update(r.kind for r, _ in self.watched())
             self._relist_cond.notify()
 
     def _relist_loop(self) -> None:
@@ -229,7 +233,8 @@ class Runtime:
                     dropped = self._list_into_cache(*selectors[kind])
                 except Exception as exc:  # noqa: BLE001 - this thread must outlive a slow or failed LIST
                     log.warning("re-listing %s failed (%s); trying again", kind, exc)
-                    self._want_relist(kind)
+                    with self._relist_cond:
+                        self._relist_wanted.add(kind)
                     continue
                 for obj in dropped:
                     log.info("%s %s/%s was deleted while the watch was down", kind, obj["metadata"].get("namespace"), obj["metadata"]["name"])
@@ -252,6 +257,7 @@ class Runtime:
             # Kopf's by a few seconds, and an event that arrives as we resume must not be lost.
             with self._lock:
                 self.parked.add(key)
+            log.debug("%s parked: a peer of higher priority acts", key)
             return
         kind = key[0]
         with metrics.reconcile_timer(kind):
@@ -277,6 +283,9 @@ class Runtime:
         body.setdefault("apiVersion", api.API_VERSION)
         owned = self.owned(body, controller)
         result = controller.plan(controller.observe(self.context, body, owned), self.settings)
+        log.debug("%s: %s children %s → phase %s, create %s, patch %s, delete %s", key, sum(map(len, owned.values())),
+                  {k: [c["metadata"]["name"] for c in v] for k, v in owned.items()}, result.status.get("phase"),
+                  [c["metadata"]["name"] for c in result.create], list(result.patch), result.delete)
         status = result.status
         try:
             if not self._apply_children(body, result):
@@ -403,7 +412,11 @@ class Runtime:
         """Release keys parked while paused; every interval, resync active objects,
         scraping progress first where a kind can."""
         if peering.current().paused(self.kube):
+            self._was_paused = True
             return
+        if self._was_paused:  # acting again: whatever happened meanwhile, the cache must hear of it
+            self._was_paused = False
+            self._want_relist()
         with self._lock:
             parked, self.parked = self.parked, set()
         for key in sorted(parked):
