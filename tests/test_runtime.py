@@ -264,3 +264,10 @@ def test_a_listing_answered_before_a_deletion_does_not_bring_the_object_back():
     recreated = obj("Job", "j", 20, owner="p")  # a later listing that really has it: a new incarnation
     cache.replace("Job", ["ns"], [recreated], list_version=21)
     assert cache.get("Job", "ns", "j")["metadata"]["resourceVersion"] == "20"
+
+
+def test_a_read_answered_before_a_deletion_does_not_bring_the_object_back():
+    cache = Cache()
+    cache.drop("Job", "ns", "j", version=13)  # the DELETED event came first
+    assert not cache.put(obj("Job", "j", 12, owner="p"))  # then a GET's answer from just before it
+    assert cache.get("Job", "ns", "j") is None

@@ -85,6 +85,9 @@ class Cache:
             old = self._objects.get(key)
             if old is not None and _version(old) is not None and _version(old) == _version(obj):
                 return False
+            tombstone = self._tombstones.get(key)
+            if tombstone and (_version(obj) or 0) <= tombstone[0]:
+                return False  # read (listed, or fetched) before its deletion, which we have already seen
             if _newer(obj, old):
                 self._unindex(key, old)
                 self._objects[key] = slim(obj)
@@ -132,10 +135,7 @@ class Cache:
         listed = {key_of(obj) for obj in items}
         scope = set(namespaces) if namespaces else None
         for obj in items:
-            tombstone = self._tombstones.get(key_of(obj))
-            if tombstone and (_version(obj) or 0) <= tombstone[0]:
-                continue  # deleted after the listing saw it
-            self.put(obj)
+            self.put(obj)  # not what was deleted after the listing saw it (tombstones)
         dropped = []
         with self._lock:
             if list_version is not None:  # the listing is newer than these deletions: they are settled
