@@ -10,11 +10,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from .config import load_config, termination_path_from_raw
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInputError, RunnerFailure
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED, BadInputError, RunnerFailure
 from .launch import is_local_main_process, plan_from_env, run_plan
 from .termination import build_message, write_termination_message
 
@@ -49,6 +50,13 @@ def _worker_outcome(path: str, returncode: int) -> int:
     return EXIT_FAILED
 
 
+def _stop_training(signum: int, frame: object) -> None:
+    """Kubernetes stops a pod with SIGTERM to its PID 1: here, this process when it trains itself.
+    PID 1 ignores signals it has no handler for, so without this one the pod would train on until
+    the grace period ends in SIGKILL, and report nothing."""
+    raise RunnerFailure("Terminated", "The runner was stopped by SIGTERM before training finished.", EXIT_TERMINATED)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmops_runners.finetune", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="runner config JSON (default: $LLMOPS_CONFIG)")
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .train import run  # torch is imported only once we know we train in this process
 
+        signal.signal(signal.SIGTERM, _stop_training)
         result = run(cfg)
     except BadInputError as error:
         _report_failure(termination, "InvalidInput", str(error))

@@ -86,3 +86,24 @@ def test_killed_run_resumes_from_checkpoint_and_serves_metrics(make_config, tmp_
     assert message["globalStep"] == 500
     assert f"resuming from {checkpoints / f'checkpoint-{resume_step}'}" in second.stderr
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["resumedFromStep"] == resume_step
+
+
+def test_sigterm_stops_in_process_training_and_says_so(make_config):
+    """One process training by itself is the pod's PID 1: SIGTERM must stop it and leave a report,
+    not be ignored until the grace period's SIGKILL."""
+    port = free_port()
+    config = make_config(training={"maxSteps": 5000, "loggingSteps": 5}, metrics={"port": port})
+    proc = subprocess.Popen(runner_command(config), env=runner_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (text := scrape(port)) and (gauge(text, "step") or 0) > 0, 120, proc, "training under way")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        stopped_after = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and stopped_after < 20
+    report = termination(config)
+    assert report["status"] == "Failed" and report["reason"] == "Terminated"
