@@ -7,8 +7,9 @@ NPROC_PER_NODE workers here and rendezvouses with the other nodes' pods at MASTE
 DeepSpeed runs inside those workers through the Trainer, so no ssh-based `deepspeed` launcher
 (which pods cannot use) is needed.
 
-On nodes other than 0 the launcher first waits until MASTER_ADDR resolves: it names rank 0's pod
-through a headless Service, which has no DNS record until that pod exists. While torchrun runs, the
+With several nodes the launcher first waits until MASTER_ADDR resolves: it names rank 0's pod
+through a headless Service, which has no DNS record until that pod exists (rank 0 included: its
+torchrun resolves the same name for its rendezvous store). While torchrun runs, the
 launcher (the pod's PID 1) passes SIGTERM on to it, so that stopping the pod stops the workers.
 """
 from __future__ import annotations
@@ -136,7 +137,7 @@ def run_plan(plan: LaunchPlan, config_path: str) -> int:
     previous = signal.signal(signal.SIGTERM, sigterm)
     returncode = None  # torchrun never started
     try:
-        if plan.node_rank != 0:
+        if plan.nnodes > 1:  # rank 0 as well: torchrun there resolves its own Service name
             wait_for_address(plan.master_addr, plan.master_addr_wait_s, lambda: sigterm.received)
         if not sigterm.received:
             log.info("launching %d process(es) on each of %d node(s) under torchrun", plan.nproc_per_node, plan.nnodes)

@@ -4,6 +4,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 import psutil
 
 from .runner_support import is_one_sentence, run_cli, runner_command, runner_env, termination
@@ -48,9 +50,10 @@ def _stop(launcher: subprocess.Popen, known=()) -> None:
             pass
 
 
-def test_other_node_fails_clearly_when_master_address_never_resolves(make_config, tmp_path):
+@pytest.mark.parametrize("node_rank", ["1", "0"])  # rank 0 too: its MASTER_ADDR is its own Service name
+def test_a_node_fails_clearly_when_master_address_never_resolves(make_config, tmp_path, node_rank):
     config = make_config()
-    launcher = _launch(config, tmp_path / "launcher.log", NNODES="2", NODE_RANK="1", NPROC_PER_NODE="1",
+    launcher = _launch(config, tmp_path / "launcher.log", NNODES="2", NODE_RANK=node_rank, NPROC_PER_NODE="1",
                        MASTER_ADDR=UNRESOLVABLE, MASTER_PORT=str(free_port()), LLMOPS_MASTER_ADDR_WAIT_SECONDS="2")
     started = time.monotonic()
     try:
