@@ -390,3 +390,13 @@ def test_zero3_makes_70b_full_fit_on_many_gpus():
     plan = replace(DEFAULTS, method="full", zero_stage=3, world_size=32)
     # 1051.3 GiB of states / 32 = 32.9 GiB + 20 GiB of activations + overhead
     assert estimate(shape, plan).fits(80.0)
+
+
+def test_advice_never_suggests_qlora_under_zero3():
+    """The API server refuses qlora with ZeRO-3: the advice must not send a user there."""
+    shape = shape_from_config(LLAMA3_70B)
+    plan = replace(DEFAULTS, method="lora", zero_stage=3, world_size=2)
+    msg = insufficient_message(estimate(shape, plan), 10.0, "NVIDIA-L4", zero_stage=3)
+    assert "qlora" not in msg and "more GPUs" in msg and "ZeRO stage 3" not in msg
+    full = insufficient_message(estimate(shape, replace(plan, method="full")), 10.0, "NVIDIA-L4", zero_stage=3)
+    assert "method lora," in full and "qlora" not in full

@@ -508,16 +508,19 @@ def _reason(rejected: list[Estimate], chosen: Estimate, available_gib: float, gp
     return f"{needs}, more than {where}; {chosen.method} needs {chosen.total_gib:.1f} GiB."
 
 
-def insufficient_message(estimate: Estimate, available_gib: float, gpu_label: str | None) -> str:
+def insufficient_message(estimate: Estimate, available_gib: float, gpu_label: str | None, zero_stage: int = 0) -> str:
     """One sentence for the Failed condition (reason InsufficientGPUMemory)."""
     parts = ", ".join(f"{k} {v:.1f}" for k, v in estimate.breakdown().items())
     gpu = gpu_label or "the requested GPU"
     return (
         f"{estimate.method} needs an estimated {estimate.total_gib:.1f} GiB per GPU ({parts} GiB) "
-        f"but {gpu} has {available_gib:.1f} GiB; {_suggestion(estimate.method)}."
+        f"but {gpu} has {available_gib:.1f} GiB; {_suggestion(estimate.method, zero_stage)}."
     )
 
 
-def _suggestion(method: str) -> str:
-    lighter = {"full": "method lora or qlora, ", "freeze": "method lora or qlora, ", "lora": "method qlora, "}.get(method, "")
-    return f"try {lighter}more GPUs with ZeRO stage 3, a smaller batch or sequence length, or gradient checkpointing if it is off"
+def _suggestion(method: str, zero_stage: int) -> str:
+    # qlora cannot be sharded with ZeRO-3 (the API server refuses it): never suggest it there.
+    qlora = "" if zero_stage == 3 else " or qlora"
+    lighter = {"full": f"method lora{qlora}, ", "freeze": f"method lora{qlora}, ", "lora": "method qlora, " if qlora else ""}.get(method, "")
+    more_gpus = "more GPUs" if zero_stage == 3 else "more GPUs with ZeRO stage 3"
+    return f"try {lighter}{more_gpus}, a smaller batch or sequence length, or gradient checkpointing if it is off"

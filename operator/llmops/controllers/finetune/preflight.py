@@ -55,7 +55,7 @@ def preflight(model_config: dict[str, Any] | None, gpu_memory_mib: dict[str, int
         "breakdown": estimate.breakdown(),
     }
     if not estimate.fits(available):
-        message = vram.insufficient_message(estimate, available, gpu_label)
+        message = vram.insufficient_message(estimate, available, gpu_label, template.zero_stage)
         status.condition(cond.RESOURCES_FIT, False, "InsufficientGPUMemory", message)
         status.fail("InsufficientGPUMemory", message)
         return None
