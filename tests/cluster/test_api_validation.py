@@ -119,15 +119,22 @@ def test_invalid_manifests_are_rejected_naming_the_field(custom, namespace):
     for i, (case_id, manifest, field, words) in enumerate(INVALID):
         manifest = copy.deepcopy(manifest)
         manifest["metadata"]["name"] = f"bad-{i}"  # a wrongly accepted case must not make the next one a 409
-        try:
-            _create(custom, namespace, manifest)
-        except ApiException as exc:
-            message, fields = _error(exc)
-            if exc.status not in (400, 422) or field not in message or words not in message:
-                failures.append(f"{case_id}: status {exc.status}, fields {fields}, message {message!r}")
-        else:
-            failures.append(f"{case_id}: accepted")
+        problem = _refusal_problem(custom, namespace, manifest, (400, 422), field, words)
+        if problem:
+            failures.append(f"{case_id}: {problem}")
     assert not failures, "\n".join(failures)
+
+
+def _refusal_problem(custom, namespace, manifest, statuses, field, words) -> str | None:
+    """None when the API server refuses the manifest with one of `statuses`, naming `field` and saying `words`."""
+    try:
+        _create(custom, namespace, manifest)
+    except ApiException as exc:
+        message, fields = _error(exc)
+        if exc.status not in statuses or field not in message or words not in message:
+            return f"status {exc.status}, fields {fields}, message {message!r}"
+        return None
+    return "accepted"
 
 
 @pytest.mark.parametrize("base", [FINETUNE, COMPRESSION, INFERENCE], ids=lambda b: b["kind"])
@@ -137,14 +144,9 @@ def test_invalid_quantities_are_rejected_naming_the_field(custom, namespace, bas
         for i, value in enumerate(BAD_QUANTITIES):
             manifest = with_spec(base, resources={**base["spec"].get("resources", {}), field: value})
             manifest["metadata"]["name"] = f"{base['metadata']['name']}-{field.lower()}-{i}"  # one accepted must not hide the next
-            try:
-                _create(custom, namespace, manifest)
-            except ApiException as exc:
-                message, _ = _error(exc)
-                if exc.status != 422 or f"spec.resources.{field}" not in message or "non-negative Kubernetes quantity" not in message:
-                    failures.append(f"{field}={value!r}: status {exc.status}, message {message!r}")
-            else:
-                failures.append(f"{field}={value!r}: accepted")
+            problem = _refusal_problem(custom, namespace, manifest, (422,), f"spec.resources.{field}", "non-negative Kubernetes quantity")
+            if problem:
+                failures.append(f"{field}={value!r}: {problem}")
     assert not failures, "\n".join(failures)
 
 

@@ -53,17 +53,17 @@ class StatusBuilder:
         self.new["message"] = message
 
     def fail(self, reason: str, message: str) -> None:
-        self.condition(cond.FAILED, True, reason, message)
-        self.condition(cond.SUCCEEDED, False, reason, message)
-        self.condition(cond.RUNNING, False, reason, "the job has ended")
-        self.phase("Failed", message)
-        self.new.setdefault("completionTime", cond.timestamp(self.at))
+        self._end(cond.FAILED, cond.SUCCEEDED, "Failed", reason, message)
 
     def succeed(self, reason: str, message: str) -> None:
-        self.condition(cond.SUCCEEDED, True, reason, message)
-        self.condition(cond.FAILED, False, reason, message)
+        self._end(cond.SUCCEEDED, cond.FAILED, "Succeeded", reason, message)
+
+    def _end(self, outcome: str, other: str, phase: str, reason: str, message: str) -> None:
+        """A terminal state: its condition True, the other outcome False, no longer Running."""
+        self.condition(outcome, True, reason, message)
+        self.condition(other, False, reason, message)
         self.condition(cond.RUNNING, False, reason, "the job has ended")
-        self.phase("Succeeded", message)
+        self.phase(phase, message)
         self.new.setdefault("completionTime", cond.timestamp(self.at))
 
 
