@@ -26,7 +26,12 @@ def cluster(tmp_path_factory):
     started = time.monotonic()
     if not (reuse and local.running()):
         local.up(log=lambda msg: print(msg))
-    install_crds(local, REPO / "crds")
+    try:
+        install_crds(local, REPO / "crds")
+    except BaseException:
+        if not reuse:  # a set-up that fails after `up` must not leave a control plane running
+            local.down(quiet=True)
+        raise
     print(f"\ncontrol plane ready in {time.monotonic() - started:.1f}s ({local.server})")
     yield local
     if not reuse:
