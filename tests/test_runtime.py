@@ -10,6 +10,13 @@ from llmops.runtime.controller import merge_patch
 from llmops.runtime.workqueue import RESYNC, WorkQueue
 
 
+def settle(condition, timeout: float, interval: float = 0.01) -> None:
+    """Poll until the worker threads have done what `condition` checks, or the time is up."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(interval)
+
+
 def obj(kind, name, version, owner=None, namespace="ns"):
     meta = {"name": name, "namespace": namespace, "resourceVersion": str(version), "uid": f"uid-{kind}-{name}"}
     if owner:
@@ -61,9 +68,7 @@ def test_queue_hands_out_nothing_before_it_is_opened():
     time.sleep(0.2)
     assert seen == []
     queue.open()
-    deadline = time.monotonic() + 5
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(lambda: seen, 5)
     assert seen == ["a"]
     queue.stop()
 
@@ -83,9 +88,7 @@ def test_urgent_keys_pass_waiting_resyncs():
     queue.add("resync-3")  # an event for a waiting resync makes it urgent
     queue.open()
     gate.set()
-    deadline = time.monotonic() + 5
-    while len(order) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(lambda: len(order) >= 6, 5)
     assert order == ["new", "resync-3", "resync-0", "resync-1", "resync-2", "resync-4"]
     queue.stop()
 
@@ -101,9 +104,7 @@ def test_failures_come_back_after_a_delay_without_a_thread_each():
     queue = WorkQueue(handle, workers=1, name="retry-probe", retry_delays=(0.1, 0.2))
     queue.open()
     queue.add("k")
-    deadline = time.monotonic() + 5
-    while len(calls) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(lambda: len(calls) >= 3, 5)
     assert len(calls) == 3 and calls[1] - calls[0] >= 0.09 and calls[2] - calls[1] >= 0.19
     mine = [t.name for t in threading.enumerate() if t.name.startswith("retry-probe")]
     assert sorted(mine) == ["retry-probe-0", "retry-probe-delays"]  # one worker and the delay thread, nothing per retry
@@ -144,9 +145,7 @@ def test_nothing_is_reconciled_before_every_watched_kind_is_listed(monkeypatch):
     time.sleep(0.2)
     assert handled == []
     runtime.start()
-    deadline = time.monotonic() + 5
-    while not handled and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(lambda: handled, 5)
     (key, listed_before), = handled
     assert key == ("FineTuneJob", "ns", "a")
     assert sorted(listed_before) == sorted(r.kind for r, _ in runtime.watched())  # all of them, first
@@ -177,9 +176,7 @@ def test_a_pending_retry_never_swallows_the_wake_up_of_a_worker():
     queue.add_after("later", 3600)  # the delay thread now waits, as a worker does
     for i in range(50):
         queue.add(i)
-        deadline = time.monotonic() + 2
-        while i not in done and time.monotonic() < deadline:
-            time.sleep(0.001)
+        settle(lambda: i in done, 2, interval=0.001)
         assert i in done, f"key {i} was never handed to the idle worker"
     queue.stop()
 
@@ -218,9 +215,7 @@ def test_objects_never_reconciled_go_before_events_of_running_ones():
     queue.add("resync", RESYNC)
     queue.add("new-object", FIRST)
     queue.open()
-    deadline = time.monotonic() + 5
-    while len(order) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(lambda: len(order) >= 3, 5)
     assert order == ["new-object", "running-pod-event", "resync"]
     queue.stop()
 
@@ -240,13 +235,9 @@ def test_reserved_workers_start_new_objects_while_the_others_are_busy():
     queue.add("slow-a", URGENT)
     queue.add("slow-b", URGENT)
     queue.add("slow-c", URGENT)  # both general workers are now stuck; this one waits
-    deadline = time.monotonic() + 2
-    while len(started) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(lambda: len(started) >= 2, 2)
     queue.add("new", FIRST)
-    deadline = time.monotonic() + 2
-    while "new" not in started and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(lambda: "new" in started, 2)
     assert "new" in started and "slow-c" not in started  # the reserved worker took it, and only it
     busy.set()
     queue.stop()

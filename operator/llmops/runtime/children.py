@@ -8,7 +8,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import KINDS
 from ..settings import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -31,11 +30,6 @@ TERMINATION_LOG = "/dev/termination-log"
 
 class InvalidLocation(ValueError):
     """A URI the operator cannot hand to a runner."""
-
-
-def tag_of(kind: str) -> str:
-    """The kind's short name (ftj, cpj, lis): it is part of every child name."""
-    return next(k.short_names[0] for k in KINDS if k.kind == kind)
 
 
 def child_name(parent: str, tag: str, suffix: str = "", limit: int = MAX_NAME) -> str:

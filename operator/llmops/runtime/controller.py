@@ -158,7 +158,7 @@ class Runtime:
             self._list_into_cache(resource, selector)
         for kind in self.controllers:
             for key in self.cache.keys(kind):
-                self.queue.add(key, URGENT if (self.cache.get(*key) or {}).get("status") else FIRST)
+                self.queue.add(key, _lane_of(self.cache.get(*key) or {}))
         self.queue.open()
         threading.Thread(target=self._relist_loop, name="llmops-relist", daemon=True).start()
         threading.Thread(target=self._tick_loop, name="llmops-ticker", daemon=True).start()
@@ -198,8 +198,7 @@ class Runtime:
             return  # the echo of our own write, or older than what we hold: nothing new
         parent = self.parent_key(obj)
         if parent:
-            never_reconciled = kind in self.controllers and not obj.get("status")
-            self.queue.add(parent, FIRST if never_reconciled else URGENT)
+            self.queue.add(parent, _lane_of(obj) if kind in self.controllers else URGENT)
 
     def parent_key(self, obj: dict[str, Any]) -> Key | None:
         if obj["kind"] in self.controllers:
@@ -244,11 +243,17 @@ class Runtime:
                         self.queue.add(parent)
 
     def _forget(self, kind: str, namespace: str, name: str) -> None:
-        key = (kind, namespace, name)
         metrics.forget_object(kind, namespace, name)
+        self._track((kind, namespace, name), None)
+
+    def _track(self, key: Key, phase: str | None) -> None:
+        """Active objects are resynced and scraped by the ticker; the others keep no progress."""
         with self._lock:
-            self.active.discard(key)
-            self.progress.pop(key, None)
+            if phase in ACTIVE_PHASES:
+                self.active.add(key)
+            else:
+                self.active.discard(key)
+                self.progress.pop(key, None)
 
     # -- reconcile ----------------------------------------------------------------------------------
     def _handle(self, key: Key) -> None:
@@ -324,13 +329,7 @@ class Runtime:
             self.kube.event(body, type_, reason, message)
         phase = status.get("phase")
         metrics.observe_object(controller.kind.kind, meta["namespace"], meta["name"], phase, status.get("gpus") or 0)
-        key = (controller.kind.kind, meta["namespace"], meta["name"])
-        with self._lock:
-            if phase in ACTIVE_PHASES:
-                self.active.add(key)
-            else:
-                self.active.discard(key)
-                self.progress.pop(key, None)
+        self._track((controller.kind.kind, meta["namespace"], meta["name"]), phase)
 
     # -- children ------------------------------------------------------------------------------------
     def _apply_children(self, body: dict[str, Any], result: Plan) -> bool:
@@ -345,7 +344,9 @@ class Runtime:
             elif controller_uid(existing) != uid:
                 self._replace_foreign(existing)
         # Independent creates go out together: one round trip of latency, not one per child.
-        for outcome in self._creates.map(lambda c: self._create(c, uid), todo):
+        # A lone child (the usual case) is created right here, without a hop to another thread.
+        create = lambda child: self._create(child, uid)  # noqa: E731
+        for outcome in (self._creates.map(create, todo) if len(todo) > 1 else map(create, todo)):
             fresh = fresh and outcome
         for child in result.apply:
             self._apply(child, uid)
@@ -465,6 +466,11 @@ class Runtime:
         @kopf.on.cleanup(id="llmops-runtime")
         def stop(**_: Any) -> None:
             self.stop()
+
+
+def _lane_of(obj: dict[str, Any]) -> int:
+    """An object with no status was never reconciled: its first pass goes before everything else."""
+    return URGENT if obj.get("status") else FIRST
 
 
 class _Stale(RetryLater):

@@ -23,12 +23,11 @@ from kubernetes.client.exceptions import ApiException
 from ..settings import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, MANAGED_BY
 from . import metrics
 from .conditions import now, timestamp
-from .resources import Resource
+from .resources import EVENT, NODE, Resource
 
 log = logging.getLogger("llmops.kube")
 
 FIELD_MANAGER = MANAGED_BY
-EVENT_PATH = "/api/v1/namespaces/{namespace}/events"
 
 
 class Conflict(Exception):
@@ -166,7 +165,7 @@ class Kube:
     def failed_create_messages(self, namespace: str, job: str) -> list[str]:
         """The Job controller's FailedCreate events for a Job: why its pods do not appear."""
         selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
-        resp = self.request("GET", EVENT_PATH.format(namespace=namespace), query={"fieldSelector": selector})
+        resp = self.request("GET", EVENT.path(namespace), query={"fieldSelector": selector})
         items = sorted(resp.get("items") or [], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         return [e.get("message", "") for e in items]
 
@@ -175,7 +174,7 @@ class Kube:
         with self._nodes_lock:
             if time.monotonic() - self._nodes_at > max_age:
                 found: dict[str, int] = {}
-                nodes = self.request("GET", "/api/v1/nodes", query={"labelSelector": GPU_PRODUCT_LABEL})
+                nodes = self.request("GET", NODE.path(), query={"labelSelector": GPU_PRODUCT_LABEL})
                 for node in nodes.get("items") or []:
                     node_labels = node["metadata"].get("labels") or {}
                     memory = node_labels.get(GPU_MEMORY_LABEL, "")
@@ -231,8 +230,7 @@ class Kube:
             "count": 1,
         }
         try:
-            metrics.API_WRITES.labels("POST", "events").inc()
-            self.request("POST", EVENT_PATH.format(namespace=meta["namespace"]), body=event)
+            self._write("POST", EVENT, EVENT.path(meta["namespace"]), body=event)
         except ApiException as exc:  # events are best effort: never fail a reconcile on them
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
 

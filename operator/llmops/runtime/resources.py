@@ -35,6 +35,8 @@ CONFIG_MAP = Resource("ConfigMap", "", "v1", "configmaps")
 SERVICE = Resource("Service", "", "v1", "services")
 POD = Resource("Pod", "", "v1", "pods")
 JOB = Resource("Job", "batch", "v1", "jobs")
+EVENT = Resource("Event", "", "v1", "events")
+NODE = Resource("Node", "", "v1", "nodes")
 
 CHILD_RESOURCES = {r.kind: r for r in (CONFIG_MAP, SERVICE, POD, JOB)}
 

@@ -94,10 +94,6 @@ class WorkQueue:
             self._first_arrived.notify_all()
             self._delays_changed.notify()
 
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._queued)
-
     def _enqueue(self, key: Hashable, lane: int) -> None:
         self._queued[key] = lane
         self._lanes[lane].append(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...api import FINETUNE
 from ...api.finetune import FineTuneJobSpec
 from ...settings import LABEL_NAME, LABEL_ROLE, Settings
 from ...runtime.children import (
@@ -21,7 +22,7 @@ from ...runtime.children import (
     runner_job,
 )
 
-TAG = "ftj"
+TAG = FINETUNE.short_names[0]  # ftj: part of every child name, so kinds never collide
 CONTAINER = "trainer"
 TOKEN_ENV = "HF_TOKEN"
 CHECKPOINT_SUBDIR = "checkpoints"
