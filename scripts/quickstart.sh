@@ -1,23 +1,42 @@
 #!/usr/bin/env bash
-# Set up, start the local control plane (real etcd, kube-apiserver,
-# controller-manager, scheduler; kwok GPU nodes), install the CRDs, run the
-# operator, apply examples/ and show what happens to them.
+# Set up, start the local cluster (real etcd, kube-apiserver, controller-manager, scheduler;
+# kwok GPU nodes; a real CPU node running real containers), build the images, install the
+# CRDs, run the operator, and apply examples/: the GPU examples run on simulated nodes, the
+# CPU example (06) really fine-tunes a tiny model on the real node.
 # Stop everything with: .venv/bin/llmops-devcluster down
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=${EXTRAS:-dev} bash scripts/setup.sh
-.venv/bin/llmops-devcluster up --crds crds --operator
-kubectl() { .venv/bin/llmops-devcluster kubectl "$@"; }
-kubectl apply -f examples/local/
-kubectl apply -f examples/
+devcluster() { .venv/bin/llmops-devcluster "$@"; }
+kubectl() { devcluster kubectl "$@"; }
+devcluster up --crds crds --operator
+real_node=false
+if kubectl get node local-cpu >/dev/null 2>&1; then
+  real_node=true
+  devcluster images build >/dev/null   # cached: minutes the first time (the runner's ML stack), seconds after
+  devcluster images load
+fi
+kubectl apply -f examples/local/cluster-setup.yaml
+if $real_node; then
+  kubectl apply -f examples/local/tiny-inputs.yaml
+  kubectl wait --for=condition=complete job/make-tiny-inputs --timeout=600s
+  kubectl apply -f examples/
+else
+  echo "no real node here: the CPU example (06) is left out; the GPU examples run on simulated nodes"
+  for f in examples/*.yaml; do [ "$f" = examples/06-finetunejob-cpu.yaml ] || kubectl apply -f "$f"; done
+fi
 echo
-kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.memory
+kubectl get nodes -L nvidia.com/gpu.product,llmops.dev/real-node
 echo
-for i in 1 2 3 4 5 6; do sleep 2; done
+if $real_node; then
+  echo "waiting for tiny-cpu-lora to train on the real node (a minute or two)..."
+  kubectl wait ftj/tiny-cpu-lora --for=jsonpath='{.status.phase}'=Succeeded --timeout=600s
+fi
 kubectl get llmops
 echo
 kubectl get jobs,pods -o wide
 echo
-echo "Cluster and operator left running. Use them with: $(.venv/bin/llmops-devcluster env)"
-echo "  kubectl describe ftj tinyllama-support-lora     # conditions and events"
+echo "Cluster and operator left running. Use them with: $(devcluster env)"
+echo "  kubectl describe ftj tiny-cpu-lora              # the real run: conditions, events, result metrics"
+echo "  kubectl describe ftj tinyllama-support-lora     # a simulated GPU run"
 echo "  .venv/bin/llmops-devcluster down                # stop everything"

@@ -7,11 +7,26 @@ cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
 # openssl makes the local cluster's certificates; Prometheus scrapes the operator in the tests.
-if ! need openssl || ! need git || ! need prometheus || ! need promtool; then
+# The real node (Linux, root): runc, the CNI plugins, iptables and conntrack for kube-proxy;
+# buildah and debootstrap build the images without a Docker daemon or a registry; skopeo
+# copies them, uncompressed and layer by layer, towards the node's containerd.
+packages=(openssl git prometheus)
+if [ "$(uname -s)" = Linux ] && [ "$(id -u)" = 0 ]; then
+  packages+=(runc containernetworking-plugins iptables conntrack buildah skopeo debootstrap)
+fi
+missing=()
+if need dpkg-query; then
+  for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+else  # not Debian: ask for what is missing by command
+  for cmd in openssl git prometheus promtool; do need "$cmd" || missing+=("$cmd"); done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   if need apt-get; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends openssl git prometheus >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "setup: please install openssl, git and prometheus (with promtool)" >&2; exit 1
+    echo "setup: please install ${missing[*]}" >&2; exit 1
   fi
 fi
 if ! need go; then

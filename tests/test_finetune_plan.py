@@ -288,3 +288,13 @@ def test_a_failed_job_waits_for_its_failed_pod_to_tell_why():
     bad = pod_obj("ft-a", "Failed", exit_code=2, message=json.dumps({"reason": "InvalidConfig", "message": "no such column"}))
     late = plan(observe(b, [failed], [bad]), SETTINGS)
     assert late.status["phase"] == "Failed" and late.status["restarts"] == 0  # exit 2 is permanent: seen only from the pod
+
+
+def test_the_result_names_the_output_as_the_cluster_does_not_the_pods_mount_path():
+    """The runner reports the path it wrote inside its pod; the next resource of the chain needs the URI."""
+    b = body(status={"selectedMethod": "lora", "phase": "Running", "jobName": "ft-ftj"})
+    done = job_obj("ft-ftj", [("Complete", {})])
+    report = json.dumps({"status": "Succeeded", "artifactUri": "/mnt/pvc/models/out", "metrics": {"trainLoss": 0.5}})
+    result = plan(observe(b, [done], [pod_obj("ft-a", "Succeeded", exit_code=0, message=report)]), SETTINGS).status["result"]
+    assert result["artifactUri"] == b["spec"]["output"]["uri"]
+    assert "/mnt/pvc" not in result["artifactUri"]

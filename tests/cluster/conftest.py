@@ -76,3 +76,19 @@ def operator(cluster, namespace, tmp_path):
     proc.kill(signal.SIGTERM)
     if "Traceback" in proc.log_tail(200000):
         print(proc.log_tail())
+
+
+@pytest.fixture(scope="session")
+def node_images(cluster):
+    """Build (cached) and load images into the real node's containerd: `node_images("finetune", ...)`."""
+    from llmops.devcluster import images
+
+    if not cluster.has_real_node:
+        pytest.skip("this machine cannot run the real node (see `llmops-devcluster up` output); simulated nodes only")
+
+    def load(*keys: str) -> list[str]:
+        refs = images.build(keys, log=print)
+        images.load(cluster.node.ctr(), refs, log=print)
+        return refs
+
+    return load

@@ -64,7 +64,7 @@ def with_spec(base: dict, **changes) -> dict:
 INVALID = [
     ("wrong-type", with_spec(FINETUNE, training={"epochs": "three"}), "spec.training.epochs", "number"),
     ("unknown-method", with_spec(FINETUNE, method="dpo"), "spec.method", "Unsupported value"),
-    ("negative-gpus", with_spec(FINETUNE, resources={"gpusPerNode": -1}), "spec.resources.gpusPerNode", "greater than or equal to 1"),
+    ("negative-gpus", with_spec(FINETUNE, resources={"gpusPerNode": -1}), "spec.resources.gpusPerNode", "greater than or equal to 0"),
     ("zero-nodes", with_spec(FINETUNE, resources={"nodes": 0}), "spec.resources.nodes", "greater than or equal to 1"),
     ("lora-with-full", with_spec(FINETUNE, method="full", lora={"r": 8}), "spec.lora", "only be set when method is lora"),
     ("freeze-with-lora", with_spec(FINETUNE, freeze={"trainableLayers": 2}), "spec.freeze", "only be set when method is freeze"),

@@ -43,7 +43,7 @@ FINETUNE = Kind(
     singular="finetunejob",
     # KServe owns isvc/llmisvc, Kubeflow tfjob/pytorchjob/trainjob...: ours start with ft/cp/lis.
     short_names=("ftj",),
-    description="FineTuneJob fine-tunes a base model (full, freeze, LoRA, QLoRA, prompt tuning) on GPU nodes.",
+    description="FineTuneJob fine-tunes a base model (full, freeze, LoRA, QLoRA, prompt tuning) on GPU nodes, or on CPU nodes with resources.gpusPerNode 0.",
     spec=FineTuneJobSpec,
     status=FineTuneJobStatus,
     columns=(

@@ -124,7 +124,7 @@ class Scheduling(ApiModel):
         None, max_length=32, description="Labels a node must carry (added to the GPU product selector)."
     )
     tolerations: list[Toleration] | None = Field(
-        None, max_length=32, description="Extra tolerations; the nvidia.com/gpu taint is always tolerated."
+        None, max_length=32, description="Extra tolerations; pods that request GPUs always tolerate the nvidia.com/gpu taint."
     )
     affinity: AnyObject | None = Field(None, description="A core/v1 Affinity, passed through to the pods unchanged.")
     priority_class_name: str | None = Field(None, max_length=253, description="PriorityClass of the pods.")

@@ -34,6 +34,9 @@ class BaseModelSource(ApiModel):
 # The runner reads datasets only from files (runners/llmops_runners/data.py): an hf://
 # dataset id would reach it as a path that does not exist, and fail the job only after
 # its GPUs were allocated.
+# resources.gpusPerNode 0: a CPU-only job (resources is defaulted, so the guards only keep CEL safe).
+CPU_ONLY = "has(self.resources) && has(self.resources.gpusPerNode) && self.resources.gpusPerNode == 0"
+
 NO_HUB_DATASET = rule(
     "!self.startsWith('hf://')",
     "hf:// datasets are not supported: the runner reads JSON or JSONL files; copy the data to a PVC and use pvc://",
@@ -108,11 +111,16 @@ class Training(ApiModel):
     )
     warmup_ratio: float = Field(0.03, ge=0, le=1, description="Fraction of the steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    per_device_batch_size: int = Field(4, ge=1, le=4096, description="Sequences per GPU per micro-step.")
+    per_device_batch_size: int = Field(4, ge=1, le=4096, description="Sequences per process (one per GPU; one per node on CPU) per micro-step.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-steps per optimiser step.")
     max_seq_length: int = Field(2048, ge=16, le=1048576, description="Sequences are truncated to this many tokens.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    precision: Precision = Field("bf16", description="Mixed-precision mode: bf16, fp16 or fp32.")
+    # No schema default: bf16 on GPUs, but a CPU job (gpusPerNode 0) must not be refused
+    # for a value it never asked for.
+    precision: Precision | None = Field(
+        None,
+        description="Mixed-precision mode: bf16, fp16 or fp32. Unset: bf16 on GPUs, fp32 on CPU (resources.gpusPerNode 0, which allows only fp32).",
+    )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; default once per epoch.")
     early_stopping: EarlyStopping | None = Field(None, description="Stop early on a validation-loss plateau.")
@@ -196,6 +204,42 @@ class FineTuneJobSpec(ApiModel):
                 field_path=".deepspeed.zeroStage",
                 reason="FieldValueForbidden",
             ),
+            # CPU jobs (resources.gpusPerNode 0). The runner would refuse these too, but only
+            # once its pod runs; or, for offload, it would move host memory to host memory.
+            rule(
+                f"!({CPU_ONLY}) || self.method != 'qlora'",
+                "method qlora needs a GPU (bitsandbytes 4-bit kernels run only on CUDA): with resources.gpusPerNode 0 "
+                "use method lora, full, freeze, prompt-tuning or auto",
+                field_path=".method",
+                reason="FieldValueForbidden",
+            ),
+            rule(
+                f"!({CPU_ONLY}) || !has(self.qlora)",
+                "qlora settings need a GPU: with resources.gpusPerNode 0 no method uses them (auto picks lora on CPU)",
+                field_path=".qlora",
+                reason="FieldValueForbidden",
+            ),
+            rule(
+                f"!({CPU_ONLY}) || !has(self.training) || !has(self.training.precision) || self.training.precision == 'fp32'",
+                "precision bf16 and fp16 need a GPU: with resources.gpusPerNode 0 the runner trains in fp32; "
+                "set precision fp32 or leave it unset",
+                field_path=".training.precision",
+                reason="FieldValueForbidden",
+            ),
+            rule(
+                f"!({CPU_ONLY}) || !has(self.deepspeed) || !has(self.deepspeed.offloadOptimizer) || !self.deepspeed.offloadOptimizer",
+                "offloadOptimizer moves optimizer states from GPU to host memory: with resources.gpusPerNode 0 they are "
+                "in host memory already; remove it (ZeRO stages 1-3 still shard across CPU nodes)",
+                field_path=".deepspeed.offloadOptimizer",
+                reason="FieldValueForbidden",
+            ),
+            rule(
+                f"!({CPU_ONLY}) || !has(self.deepspeed) || !has(self.deepspeed.offloadParams) || !self.deepspeed.offloadParams",
+                "offloadParams moves parameters from GPU to host memory: with resources.gpusPerNode 0 they are "
+                "in host memory already; remove it (ZeRO stage 3 still shards them across CPU nodes)",
+                field_path=".deepspeed.offloadParams",
+                reason="FieldValueForbidden",
+            ),
         )
     )
 
@@ -203,7 +247,7 @@ class FineTuneJobSpec(ApiModel):
     dataset: Dataset = Field(description="Training (and validation) data.", json_schema_extra=IMMUTABLE)
     method: Method = Field(
         "lora",
-        description="full, freeze, lora, qlora, prompt-tuning, or auto (the operator picks full, lora or qlora from the VRAM estimate).",
+        description="full, freeze, lora, qlora, prompt-tuning, or auto (the operator picks full, lora or qlora from the VRAM estimate; lora on CPU, resources.gpusPerNode 0).",
         json_schema_extra=IMMUTABLE,
     )
     lora: LoraConfig | None = Field(None, description="LoRA settings (lora, qlora, auto).", json_schema_extra=IMMUTABLE)
@@ -213,7 +257,9 @@ class FineTuneJobSpec(ApiModel):
         None, description="Settings of method prompt-tuning.", json_schema_extra=IMMUTABLE
     )
     training: Training = Field(default_factory=Training, description="Hyper-parameters.", json_schema_extra={**IMMUTABLE, **DEFAULTED})
-    deepspeed: DeepSpeedConfig | None = Field(None, description="DeepSpeed ZeRO settings.", json_schema_extra=IMMUTABLE)
+    deepspeed: DeepSpeedConfig | None = Field(
+        None, description="DeepSpeed ZeRO settings (on CPU too, without offload).", json_schema_extra=IMMUTABLE
+    )
     resources: JobResources = Field(
         default_factory=JobResources, description="Nodes, GPUs and host resources.", json_schema_extra={**IMMUTABLE, **DEFAULTED}
     )
@@ -269,11 +315,11 @@ class FineTuneJobStatus(CommonStatus):
     selected_method: str | None = Field(None, description="Method in use (the one auto picked).")
     method_reason: str | None = Field(None, description="Why auto picked that method.")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job.")
-    gpus: int | None = Field(None, description="GPUs requested in total.")
+    gpus: int | None = Field(None, description="GPUs requested in total (0 for a CPU job).")
     restarts: int | None = Field(None, description="Pod-group restarts counted against backoffLimit.")
     attempt: int | None = Field(None, description="Index of the current pod group (restarts plus uncounted retries after disruptions).")
     start_time: datetime | None = Field(None, description="When the job first ran.")
     completion_time: datetime | None = Field(None, description="When it finished.")
     progress: Progress | None = Field(None, description="Live training progress.")
-    vram_estimate: VramEstimate | None = Field(None, description="Pre-flight VRAM estimate.")
+    vram_estimate: VramEstimate | None = Field(None, description="Pre-flight VRAM estimate; absent for a CPU job (resources.gpusPerNode 0).")
     result: FineTuneResult | None = Field(None, description="Result of a finished run.")

@@ -1,9 +1,12 @@
-"""Build the control plane's binaries from the Go module proxy, once, into a cache.
+"""Build the local cluster's binaries from the Go module proxy, once, into a cache.
 
 There is no binary download: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kubectl are compiled from the pinned module in gomod/ (its
 go.mod replaces k8s.io/kubernetes's staging modules by their published v0.X.Y
-twins), kwok with `go install` at a pinned version. The cache lives outside the
+twins), kwok with `go install` at a pinned version. The real node's parts are a
+second set: kubelet and kube-proxy from the same module as the control plane
+(same version, same stamping), containerd 2.x from gomod-node/, and
+local-path-provisioner from its own module's source. The cache lives outside the
 repository (``$LLMOPS_CACHE`` or ``~/.cache/llmops``) and is keyed by the
 versions and the go.mod contents, so changing a pin rebuilds.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +41,20 @@ ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"
 KWOK_PACKAGE = "sigs.k8s.io/kwok/cmd/kwok"
 HELM_PACKAGE = "helm.sh/helm/v3/cmd/helm"
 
+# The real node. runc, the CNI plugins and iptables come from the distribution (apt).
+CONTAINERD_VERSION = "v2.4.2"
+LOCAL_PATH_PROVISIONER_VERSION = "v0.0.30"
+NODE_GOMOD_DIR = Path(__file__).with_name("gomod-node")
+NODE_KUBE_PACKAGES = {
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+}
+CONTAINERD_PACKAGES = {
+    name: f"github.com/containerd/containerd/v2/cmd/{name}" for name in ("containerd", "ctr", "containerd-shim-runc-v2")
+}
+LOCAL_PATH_MODULE = "github.com/rancher/local-path-provisioner"
+NODE_COMPONENTS = (*NODE_KUBE_PACKAGES, *CONTAINERD_PACKAGES, "local-path-provisioner")
+
 
 class BuildError(RuntimeError):
     pass
@@ -54,13 +72,40 @@ def _build_key() -> str:
     return digest.hexdigest()[:12]
 
 
+def _node_build_key() -> str:
+    digest = hashlib.sha256()
+    for folder in (GOMOD_DIR, NODE_GOMOD_DIR):
+        for name in ("go.mod", "go.sum"):
+            digest.update((folder / name).read_bytes())
+    digest.update(f"{KUBERNETES_VERSION} {CONTAINERD_VERSION} {LOCAL_PATH_PROVISIONER_VERSION}".encode())
+    return digest.hexdigest()[:12]
+
+
 def bin_dir() -> Path:
     return cache_root() / f"k8s-{KUBERNETES_VERSION}-{_build_key()}" / "bin"
+
+
+def node_bin_dir() -> Path:
+    return cache_root() / f"node-{KUBERNETES_VERSION}-{_node_build_key()}" / "bin"
 
 
 def binaries_present(directory: Path | None = None) -> bool:
     directory = directory or bin_dir()
     return all((directory / name).is_file() for name in COMPONENTS)
+
+
+def node_binaries_present(directory: Path | None = None) -> bool:
+    directory = directory or node_bin_dir()
+    return all((directory / name).is_file() for name in NODE_COMPONENTS)
+
+
+def _kube_ldflags() -> str:
+    stamp = "k8s.io/component-base/version"
+    minor = KUBERNETES_VERSION.split(".")[1]
+    return (
+        f"-s -w -X {stamp}.gitVersion={KUBERNETES_VERSION} -X {stamp}.gitMajor=1 "
+        f"-X {stamp}.gitMinor={minor} -X {stamp}.gitTreeState=clean"
+    )
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], log) -> None:
@@ -72,44 +117,90 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], log) -> None:
 
 def ensure_binaries(log=lambda msg: print(msg, file=sys.stderr)) -> Path:
     """Return the folder holding every component, building what is missing."""
-    target = bin_dir()
-    if binaries_present(target):
+    return _cached_build(
+        bin_dir(), COMPONENTS, _build_control_plane, log,
+        what=f"Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION}, kwok {KWOK_VERSION} and helm {HELM_VERSION} (once; several minutes)",
+    )
+
+
+def _build_control_plane(target: Path, log) -> None:
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+    with tempfile.TemporaryDirectory(prefix="llmops-gomod-") as work:
+        # The package folder may be read-only (site-packages): build in a copy.
+        for name in ("go.mod", "go.sum"):
+            shutil.copy(GOMOD_DIR / name, Path(work) / name)
+        if not all((target / name).is_file() for name in KUBE_PACKAGES):
+            _run(["go", "build", "-trimpath", "-ldflags", _kube_ldflags(), "-o", str(target) + "/", *KUBE_PACKAGES.values()], Path(work), env, log)
+        if not (target / "etcd").is_file():
+            _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "etcd"), ETCD_PACKAGE], Path(work), env, log)
+    # kwok and helm carry no replace directives: `go install pkg@version` builds them as pinned.
+    for package, version in ((KWOK_PACKAGE, KWOK_VERSION), (HELM_PACKAGE, HELM_VERSION)):
+        if not (target / package.rsplit("/", 1)[-1]).is_file():
+            _run(
+                ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{package}@{version}"],
+                target,
+                {**env, "GOBIN": str(target), "GOFLAGS": ""},
+                log,
+            )
+
+
+def ensure_node_binaries(log=lambda msg: print(msg, file=sys.stderr)) -> Path:
+    """Return the folder holding the real node's programs, building what is missing."""
+    return _cached_build(
+        node_bin_dir(), NODE_COMPONENTS, _build_node, log,
+        what=f"kubelet and kube-proxy {KUBERNETES_VERSION}, containerd {CONTAINERD_VERSION} and "
+             f"local-path-provisioner {LOCAL_PATH_PROVISIONER_VERSION} (once; a few minutes)",
+    )
+
+
+def _build_node(target: Path, log) -> None:
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+    with tempfile.TemporaryDirectory(prefix="llmops-gomod-node-") as work:
+        kube, node, lpp = Path(work, "kube"), Path(work, "node"), Path(work, "lpp")
+        for source, copy in ((GOMOD_DIR, kube), (NODE_GOMOD_DIR, node)):
+            copy.mkdir()
+            for name in ("go.mod", "go.sum"):
+                shutil.copy(source / name, copy / name)
+        _run(["go", "build", "-trimpath", "-ldflags", _kube_ldflags(), "-o", str(target) + "/", *NODE_KUBE_PACKAGES.values()],
+             kube, env, log)
+        _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target) + "/", *CONTAINERD_PACKAGES.values()],
+             node, env, log)
+        # local-path-provisioner cannot be a dependency of another module (it imports logrus under
+        # two spellings, folded only by its own go.mod): build its own module's pinned source.
+        source = _module_source(f"{LOCAL_PATH_MODULE}@{LOCAL_PATH_PROVISIONER_VERSION}", Path(work), env, log)
+        shutil.copytree(source, lpp)
+        subprocess.run(["chmod", "-R", "u+w", str(lpp)], check=True)
+        shutil.rmtree(lpp / "vendor", ignore_errors=True)  # module zips carry an incomplete vendor/
+        _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "local-path-provisioner"), "."], lpp, env, log)
+
+
+def _cached_build(target: Path, components: tuple[str, ...], build, log, what: str) -> Path:
+    """Run `build(target, log)` once per cache key: two test sessions may start at once, the second waits."""
+    def present() -> bool:
+        return all((target / name).is_file() for name in components)
+
+    if present():
         return target
     if shutil.which("go") is None:
-        raise BuildError("Go is needed to build the local control plane (https://go.dev/doc/install); `go` is not on PATH.")
+        raise BuildError(f"Go is needed to build {what.split(' (')[0]} (https://go.dev/doc/install); `go` is not on PATH.")
     target.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".build.lock", "w") as lock:
-        # Two test sessions may start at once: the second waits for the first's build.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if binaries_present(target):
+        if present():
             return target
         started = time.monotonic()
-        log(f"building Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION}, kwok {KWOK_VERSION} and helm {HELM_VERSION} into {target} (once; several minutes)")
-        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-        with tempfile.TemporaryDirectory(prefix="llmops-gomod-") as work:
-            # The package folder may be read-only (site-packages): build in a copy.
-            for name in ("go.mod", "go.sum"):
-                shutil.copy(GOMOD_DIR / name, Path(work) / name)
-            stamp = "k8s.io/component-base/version"
-            minor = KUBERNETES_VERSION.split(".")[1]
-            ldflags = (
-                f"-s -w -X {stamp}.gitVersion={KUBERNETES_VERSION} -X {stamp}.gitMajor=1 "
-                f"-X {stamp}.gitMinor={minor} -X {stamp}.gitTreeState=clean"
-            )
-            if not all((target / name).is_file() for name in KUBE_PACKAGES):
-                _run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(target) + "/", *KUBE_PACKAGES.values()], Path(work), env, log)
-            if not (target / "etcd").is_file():
-                _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "etcd"), ETCD_PACKAGE], Path(work), env, log)
-        # kwok and helm carry no replace directives: `go install pkg@version` builds them as pinned.
-        for package, version in ((KWOK_PACKAGE, KWOK_VERSION), (HELM_PACKAGE, HELM_VERSION)):
-            if not (target / package.rsplit("/", 1)[-1]).is_file():
-                _run(
-                    ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{package}@{version}"],
-                    target,
-                    {**env, "GOBIN": str(target), "GOFLAGS": ""},
-                    log,
-                )
+        log(f"building {what} into {target}")
+        build(target, log)
         log(f"built in {time.monotonic() - started:.0f}s")
-    if not binaries_present(target):
-        raise BuildError(f"build finished but {target} lacks some of {', '.join(COMPONENTS)}")
+    if not present():
+        raise BuildError(f"build finished but {target} lacks some of {', '.join(components)}")
     return target
+
+
+def _module_source(module: str, work: Path, env: dict[str, str], log) -> Path:
+    log(f"$ go mod download -json {module}")
+    proc = subprocess.run(["go", "mod", "download", "-json", module], cwd=work, env={**env, "GOFLAGS": ""},
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"go mod download {module} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return Path(json.loads(proc.stdout)["Dir"])

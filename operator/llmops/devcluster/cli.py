@@ -1,21 +1,26 @@
-"""llmops-devcluster: a local Kubernetes control plane with simulated GPU nodes.
+"""llmops-devcluster: a local Kubernetes control plane with simulated GPU nodes and one real CPU node.
 
     llmops-devcluster build          compile the pinned binaries once (cached)
-    llmops-devcluster up [--crds DIR] [--operator]
-                                     start etcd, apiserver, controller-manager, scheduler, kwok + GPU nodes
+    llmops-devcluster up [--crds DIR] [--operator] [--no-real-node]
+                                     start etcd, apiserver, controller-manager, scheduler, kwok + GPU nodes,
+                                     and the real node `local-cpu` (containerd, kubelet, kube-proxy, bridge CNI,
+                                     default StorageClass `local-path`) where the machine allows it
     llmops-devcluster status         show components and nodes
     llmops-devcluster env            print `export KUBECONFIG=...`
     llmops-devcluster kubectl ARGS   run the matching kubectl against the cluster
     llmops-devcluster down           stop everything and drop the etcd data
+    llmops-devcluster images build|load [NAMES...]
+                                     build the node's images with buildah / load them into its containerd
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import sys
 from pathlib import Path
 
-from .build import bin_dir, ensure_binaries
+from .build import bin_dir, ensure_binaries, ensure_node_binaries
 from .cluster import LocalCluster, default_root
 
 
@@ -28,16 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=None, help="number of 8-GPU H100 nodes instead of the default mixed pool")
     up.add_argument("--crds", type=Path, default=None, help="folder of CRDs to install once the cluster is up")
     up.add_argument("--operator", action="store_true", help="also run llmops-operator against the cluster (log in <dir>/logs)")
+    up.add_argument("--no-real-node", action="store_true", help="simulated nodes only (also: LLMOPS_REAL_NODE=0)")
     sub.add_parser("down", help="stop the cluster")
     sub.add_parser("status", help="show the cluster")
     sub.add_parser("env", help="print the KUBECONFIG export")
     kubectl = sub.add_parser("kubectl", help="run kubectl against the cluster")
     kubectl.add_argument("args", nargs=argparse.REMAINDER)
+    images = sub.add_parser("images", help="build the real node's images (buildah, no registry) or load them into its containerd")
+    images.add_argument("action", choices=("build", "load"))
+    images.add_argument("names", nargs="*", help="base, pause, operator, finetune or full image names (default: pause operator finetune)")
+    images.add_argument("--context", type=Path, default=None, help="repository root to build from (default: the one holding this package, else the current folder's)")
     args = parser.parse_args(argv)
 
-    cluster = LocalCluster(args.dir)
+    cluster = LocalCluster(args.dir, real_node=False if getattr(args, "no_real_node", False) else None)
     if args.command == "build":
         print(ensure_binaries())
+        if platform.system() == "Linux":  # the real node's programs (kubelet, containerd) are Linux-only
+            print(ensure_node_binaries())
     elif args.command == "up":
         cluster.up(node_count=args.nodes)
         if args.crds:
@@ -53,14 +65,43 @@ def main(argv: list[str] | None = None) -> int:
             print("not running")
             return 1
         print(f"server {cluster.server}, binaries {bin_dir()}")
+        state = cluster.state()
+        if state and state.node_network is not None:
+            print(f"real node local-cpu: network namespace llmops-{state.node_network}, containerd {cluster.node.ctr()[2]}")
+        else:
+            print("no real node: simulated nodes only")
         print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product", check=False).stdout)
     elif args.command == "env":
         print(f"export KUBECONFIG={cluster.kubeconfig}")
+    elif args.command == "images":
+        return images_command(cluster, args.action, args.names or None, args.context)
     elif args.command == "kubectl":
         proc = cluster.kubectl(*args.args, check=False)
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
         return proc.returncode
+    return 0
+
+
+def images_command(cluster: LocalCluster, action: str, names: list[str] | None, context: Path | None = None) -> int:
+    """`images build`: buildah builds (cached); `images load`: into the running cluster's real node."""
+    from . import images
+
+    try:
+        if action == "build":
+            for name in images.build(names, context=context):
+                print(name)
+        else:
+            if not cluster.running():
+                print("the cluster is not running (llmops-devcluster up)", file=sys.stderr)
+                return 1
+            if not cluster.has_real_node:
+                print("the cluster has no real node to load images into (simulated nodes pull nothing)", file=sys.stderr)
+                return 1
+            images.load(cluster.node.ctr(), names)
+    except images.ImageError as error:
+        print(error, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,9 +1,11 @@
-"""A real Kubernetes control plane on loopback, with simulated GPU nodes.
+"""A real Kubernetes control plane, simulated GPU nodes and one real CPU node.
 
 etcd, kube-apiserver (RBAC on), kube-controller-manager and kube-scheduler are
-the real programs; kwok stands in for the kubelets of GPU nodes. Everything of
-one cluster lives in one folder: PKI, etcd data, logs, kubeconfig and a state
-file with ports and process ids, so `down` works from another process.
+the real programs; kwok stands in for the kubelets of GPU nodes; a real kubelet
+with containerd runs the pods that land on the CPU node (node.py), where the
+machine allows it. Everything of one cluster lives in one folder: PKI, etcd
+data, logs, kubeconfig, the node's files and a state file with ports, process
+ids and what the node changed on the host, so `down` works from another process.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from . import node as realnode
 from . import nodes as node_defs
 from .build import ensure_binaries
 from .pki import make_pki
@@ -44,8 +47,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _kubeconfig(server: str, ca: Path, token: str, user: str) -> dict[str, Any]:
-    return {
+def write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str) -> None:
+    config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "llmops-local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
@@ -53,6 +56,13 @@ def _kubeconfig(server: str, ca: Path, token: str, user: str) -> dict[str, Any]:
         "contexts": [{"name": "llmops-local", "context": {"cluster": "llmops-local", "user": user}}],
         "current-context": "llmops-local",
     }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+def real_node_wanted() -> bool:
+    """The real node is on unless LLMOPS_REAL_NODE=0 (or `up --no-real-node`)."""
+    return os.environ.get("LLMOPS_REAL_NODE", "1").lower() not in ("0", "false", "no", "off")
 
 
 @dataclass
@@ -62,13 +72,19 @@ class ClusterState:
     etcd_peer_port: int
     kwok_port: int
     pids: dict[str, int] = field(default_factory=dict)
+    apiserver_host: str = "127.0.0.1"
+    node_network: int | None = None  # the real node's NodeNetwork index, None without a real node
+    node_sysctls: dict[str, str] | None = None  # host sysctls as they were before the kubelet started
 
 
 class LocalCluster:
     """One local cluster rooted at `root`."""
 
-    def __init__(self, root: Path, audit_policy: Path | None = None):
+    def __init__(self, root: Path, audit_policy: Path | None = None, real_node: bool | None = None):
         self.root = Path(root)
+        # None: as LLMOPS_REAL_NODE says (default on). The machine may still refuse (node.unsupported_reason).
+        self.want_real_node = real_node_wanted() if real_node is None else real_node
+        self.node = realnode.RealNode(self)
         self.pki = self.root / "pki"
         self.logs = self.root / "logs"
         self.state_file = self.root / "state.json"
@@ -91,7 +107,12 @@ class LocalCluster:
         state = self.state()
         if state is None:
             raise ClusterError(f"no cluster in {self.root}")
-        return f"https://127.0.0.1:{state.apiserver_port}"
+        return f"https://{state.apiserver_host}:{state.apiserver_port}"
+
+    @property
+    def has_real_node(self) -> bool:
+        state = self.state()
+        return bool(state and state.node_network is not None)
 
     def running(self) -> bool:
         state = self.state()
@@ -99,7 +120,7 @@ class LocalCluster:
 
     # -- lifecycle ---------------------------------------------------------
     def up(self, node_count: int | None = None, timeout: float = 90, log=print) -> None:
-        """Start every component and register the GPU nodes; returns when nodes are Ready."""
+        """Start every component, register the GPU nodes and the real node; returns when all nodes are Ready."""
         if self.running():
             log(f"cluster already running: KUBECONFIG={self.kubeconfig}")
             return
@@ -108,15 +129,14 @@ class LocalCluster:
         binaries = ensure_binaries(log)
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        tokens = make_pki(self.pki)
         state = ClusterState(free_port(), free_port(), free_port(), free_port())
-        self._save(state)
-        server = f"https://127.0.0.1:{state.apiserver_port}"
+        net = self._claim_node_network(state, log)
+        self._save(state)  # from here on `down` finds what to undo
+        tokens = make_pki(self.pki, extra_ips=[net.host_ip] if net else [], node_name=realnode.NODE_NAME)
         configs = {}
         for name, token in tokens.items():
             path = self.root / ("kubeconfig" if name == "admin" else f"{name}.kubeconfig")
-            path.write_text(yaml.safe_dump(_kubeconfig(server, self.pki / "ca.crt", token, name)))
-            path.chmod(0o600)
+            write_kubeconfig(path, self.server, self.pki / "ca.crt", token, name)
             configs[name] = path
         try:
             self._spawn(state, "etcd", [str(binaries / "etcd"), *self._etcd_args(state)])
@@ -129,7 +149,10 @@ class LocalCluster:
                                         f"--manage-nodes-with-annotation-selector={node_defs.KWOK_NODE_ANNOTATION}=fake",
                                         f"--server-address=127.0.0.1:{state.kwok_port}", f"--cidr={POD_CIDR}"])
             self.apply(node_defs.default_nodes(node_count))
-            self._wait_nodes_ready(deadline=started + timeout)
+            if net:
+                self.node.start(state, net, tokens, spawn=lambda name, argv, env=None: self._spawn(state, name, argv, env=env), log=log)
+                self._save(state)
+            self._wait_nodes_ready(deadline=started + timeout + (60 if net else 0))
         except Exception:
             self.down(quiet=True, keep_logs=True)
             raise
@@ -141,13 +164,16 @@ class LocalCluster:
             # Stop in reverse start order: clients first, etcd last.
             for name, pid in reversed(list(state.pids.items())):
                 _terminate(pid)
+            # Then what outlives the processes: containers, mounts, the node's network, cgroups, sysctls.
+            self.node.stop(state)
             if not quiet:
-                print(f"stopped {', '.join(state.pids)}")
+                print(f"stopped {', '.join(state.pids)}" + (" and removed the real node's network, mounts and cgroups" if state.node_network is not None else ""))
         if self.state_file.exists():
             self.state_file.unlink()
-        data = self.root / "etcd-data"
-        if data.exists() and not keep_logs:
-            subprocess.run(["rm", "-rf", str(data)], check=False)
+        if not keep_logs:
+            for folder in (self.root / "etcd-data", self.node.root):
+                if folder.exists():
+                    subprocess.run(["rm", "-rf", str(folder)], check=False)
 
     # -- helpers -----------------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -178,6 +204,18 @@ class LocalCluster:
         self._spawn(state, "llmops-operator", [sys.executable, "-m", "llmops.main", "--standalone",
                                                "--liveness", f"http://127.0.0.1:{free_port()}/healthz"], env=env)
 
+    def _claim_node_network(self, state: ClusterState, log) -> "realnode.NodeNetwork | None":
+        """The real node's network, claimed before the API server starts (it binds to the host end)."""
+        if not self.want_real_node:
+            return None
+        reason = realnode.unsupported_reason()
+        if reason:
+            log(f"simulated nodes only: {reason}")
+            return None
+        net = realnode.allocate_network()
+        state.node_network, state.apiserver_host = net.index, net.host_ip
+        return net
+
     def _spawn(self, state: ClusterState, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out = open(self.logs / f"{name}.log", "ab")
         # A new session: the components outlive `llmops-devcluster up`.
@@ -201,17 +239,22 @@ class LocalCluster:
         pki = self.pki
         return [
             f"--etcd-servers=http://127.0.0.1:{s.etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={s.apiserver_port}",
+            f"--bind-address={s.apiserver_host}", f"--advertise-address={s.apiserver_host}", f"--secure-port={s.apiserver_port}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            # kubectl logs/exec: reach the kubelet at its InternalIP, authenticated by a client certificate.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}", f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # Endpoints may not hold a loopback address: no reconciling of the kubernetes Service.
-            "--endpoint-reconciler-type=none",
             "--profiling=false", "--v=1",
-        ] + ([f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}"] if self.audit_policy else [])
+        ] + (
+            # Endpoints may not hold a loopback address: without a real node, no reconciling of the kubernetes
+            # Service; with one, it points at the host end of the node's link, where pods reach the API server.
+            ["--endpoint-reconciler-type=none"] if s.node_network is None else []
+        ) + ([f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}"] if self.audit_policy else [])
 
     def _controller_manager_args(self, configs: dict[str, Path]) -> list[str]:
         return [
@@ -252,7 +295,7 @@ class LocalCluster:
                 if items and len(ready) == len(items):
                     return
             time.sleep(0.5)
-        raise ClusterError(f"simulated nodes not Ready in time; see {self.logs / 'kwok.log'}")
+        raise ClusterError(f"nodes not Ready in time; see {self.logs / 'kwok.log'} and {self.logs / 'kubelet.log'}")
 
     def _check_alive(self) -> None:
         state = self.state()

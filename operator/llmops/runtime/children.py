@@ -3,6 +3,7 @@ storage) and the one skeleton of a runner's Job that every Job-running kind uses
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -26,6 +27,26 @@ RUNNER_CONFIG_ANNOTATION = f"{PREFIX}/runner-config"
 CONFIG_MOUNT = "/etc/llmops"
 CONFIG_FILE = "config.json"
 TERMINATION_LOG = "/dev/termination-log"
+
+# Every runner pod runs as this non-root user (the runner images' `runner`, uid 1000) on a
+# read-only root filesystem. SCRATCH is its one writable place besides the mounted claims:
+# the images keep HF_HOME, TORCH_EXTENSIONS_DIR and TRITON_CACHE_DIR under it, and HOME
+# points there too, for libraries that write under ~ (~/.cache, ~/.triton, ~/.nv).
+RUNNER_UID = 1000
+SCRATCH = "/tmp"
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUNNER_UID,
+    "runAsGroup": RUNNER_UID,
+    "fsGroup": RUNNER_UID,  # the output claim is writable by the runner
+    "fsGroupChangePolicy": "OnRootMismatch",  # no recursive chown of a claim full of weights on every start
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 class InvalidLocation(ValueError):
@@ -74,15 +95,20 @@ def metadata(body: dict[str, Any], name: str, extra_labels: dict[str, str] | Non
     }
 
 
-def gpu_scheduling(gpu_type: str | None, scheduling: dict[str, Any] | None) -> dict[str, Any]:
-    """nodeSelector, tolerations, affinity and priority of a GPU pod spec."""
+def gpu_scheduling(gpu_type: str | None, scheduling: dict[str, Any] | None, gpus: int = 1) -> dict[str, Any]:
+    """nodeSelector, tolerations, affinity and priority of a pod spec.
+
+    A GPU pod tolerates the nvidia.com/gpu taint and is pinned to its GPU product; a CPU pod
+    (gpus 0) gets neither, so it never lands on (nor holds) a GPU node unless the user's own
+    scheduling says so.
+    """
     scheduling = scheduling or {}
     node_selector = dict(scheduling.get("nodeSelector") or {})
-    if gpu_type:
+    if gpu_type and gpus:
         node_selector[GPU_PRODUCT_LABEL] = gpu_type
-    tolerations = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}] if gpus else []
     tolerations += [t for t in scheduling.get("tolerations") or [] if t not in tolerations]
-    out: dict[str, Any] = {"tolerations": tolerations}
+    out: dict[str, Any] = {"tolerations": tolerations} if tolerations else {}
     if node_selector:
         out["nodeSelector"] = node_selector
     if scheduling.get("affinity"):
@@ -181,6 +207,8 @@ def runner_job(
 
     The runner's config reaches the pod as an annotation projected into a file
     (downward API), so an attempt is one object to create, not a ConfigMap and a Job.
+    Every runner pod runs non-root on a read-only root filesystem (see POD_SECURITY_CONTEXT),
+    with an emptyDir at /tmp as its scratch space; `pod.gpus` 0 makes a CPU pod.
     """
     volumes, mounts = claim_volumes(pod.locations, {pod.writable_claim} if pod.writable_claim else set(), mount_root)
     volumes += [
@@ -188,18 +216,29 @@ def runner_job(
             {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{RUNNER_CONFIG_ANNOTATION}']"}},
         ]}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", **({"sizeLimit": str(pod.shared_memory)} if pod.shared_memory else {})}},
+        {"name": "scratch", "emptyDir": {}},
     ]
-    mounts += [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    mounts += [
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "scratch", "mountPath": SCRATCH},
+    ]
     container: dict[str, Any] = {
         "name": pod.container,
         "image": pod.image,
         "command": ["python", "-m", pod.module],
         "args": ["--config", f"{CONFIG_MOUNT}/{CONFIG_FILE}"],
-        "env": [{"name": "LLMOPS_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"}, {"name": "LLMOPS_ATTEMPT", "value": str(attempt)}, *pod.env],
+        "env": [
+            {"name": "LLMOPS_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
+            {"name": "LLMOPS_ATTEMPT", "value": str(attempt)},
+            {"name": "HOME", "value": SCRATCH},  # the image's home is on the read-only root filesystem
+            *pod.env,
+        ],
         "resources": container_resources(pod.gpus, pod.cpu, pod.memory),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),  # a copy: callers may edit the Job
     }
     if pod.ports:
         container["ports"] = [{"name": port_name, "containerPort": port} for port_name, port in pod.ports]
@@ -211,7 +250,8 @@ def runner_job(
         "restartPolicy": "Never",
         "containers": [container],
         "volumes": volumes,
-        **gpu_scheduling(pod.gpu_type, pod.scheduling),
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        **gpu_scheduling(pod.gpu_type, pod.scheduling, pod.gpus),
     }
     job_labels = {LABEL_ATTEMPT: str(attempt)}
     if queue:

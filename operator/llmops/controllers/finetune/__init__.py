@@ -21,8 +21,10 @@ def observe(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, 
     meta, status = body["metadata"], body.get("status") or {}
     at = now()
     model_config, gpu_memory = None, {}
-    if not status.get("selectedMethod"):  # the pre-flight runs once, on the first pass
-        base = (body.get("spec") or {}).get("baseModel") or {}
+    spec = body.get("spec") or {}
+    cpu_only = (spec.get("resources") or {}).get("gpusPerNode") == 0  # no VRAM pre-flight: nothing to look up
+    if not status.get("selectedMethod") and not cpu_only:  # the pre-flight runs once, on the first pass
+        base = spec.get("baseModel") or {}
         model_config = modelinfo.fetch_config(base.get("uri", ""), base.get("revision"))
         gpu_memory = ctx.kube.gpu_memory_mib()
     jobs = joblife.gather(ctx.kube, body, owned, at)

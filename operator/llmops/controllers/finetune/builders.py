@@ -21,6 +21,7 @@ from ...runtime.children import (
     resolve_location,
     runner_job,
 )
+from .preflight import cpu_only, precision
 
 TAG = FINETUNE.short_names[0]  # ftj: part of every child name, so kinds never collide
 CONTAINER = "trainer"
@@ -59,7 +60,8 @@ def runner_config(body: dict[str, Any], spec: FineTuneJobSpec, method: str, sett
             "validationPath": validation.path if validation else None,
         },
         "method": method,
-        "training": wire["training"],
+        # Resolved here, so the runner does what the pre-flight estimated: bf16 on GPUs, fp32 on CPU.
+        "training": {**wire["training"], "precision": precision(spec)},
         "checkpointing": wire["checkpointing"],
         "output": {"path": output.path, "mergeLora": spec.output.merge_lora},
         "metrics": {"port": settings.runner_metrics_port},
@@ -96,17 +98,32 @@ def headless_service(body: dict[str, Any], settings: Settings) -> dict[str, Any]
     }
 
 
+def processes_per_node(spec: FineTuneJobSpec) -> int:
+    """One training process per GPU; a CPU job (gpusPerNode 0) runs one per node."""
+    return spec.resources.gpus_per_node or 1
+
+
 def _env(body: dict[str, Any], spec: FineTuneJobSpec, settings: Settings, job: str) -> list[dict[str, Any]]:
     res = spec.resources
     namespace = body["metadata"]["namespace"]
+    nproc = processes_per_node(spec)
     env: list[dict[str, Any]] = [
         # Where a retried group resumes from: the newest checkpoint the last attempt left.
         {"name": "LLMOPS_CHECKPOINT_DIR", "value": f"{resolve_location(spec.output.uri, settings.pvc_mount_root).path}/{CHECKPOINT_SUBDIR}"},
         {"name": "NNODES", "value": str(res.nodes)},
-        {"name": "NPROC_PER_NODE", "value": str(res.gpus_per_node)},
-        {"name": "WORLD_SIZE", "value": str(res.nodes * res.gpus_per_node)},
+        {"name": "NPROC_PER_NODE", "value": str(nproc)},
+        {"name": "WORLD_SIZE", "value": str(res.nodes * nproc)},
         {"name": "MASTER_PORT", "value": str(settings.master_port)},
     ]
+    if cpu_only(spec):
+        env += [
+            # DeepSpeed picks its CPU accelerator itself when no GPU is visible; say so rather than rely on detection.
+            {"name": "DS_ACCELERATOR", "value": "cpu"},
+            # torch sizes its thread pool from the node's cores, not the pod's CPU limit; with a limit below
+            # the node's cores the surplus threads are throttled. limits.cpu rounds up to whole cores
+            # (and is the node's allocatable CPU when resources.cpu is unset).
+            {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}},
+        ]
     if res.nodes > 1:
         env += [
             {"name": "MASTER_ADDR", "value": f"{job}-0.{service_name(body['metadata']['name'])}.{namespace}.svc"},
@@ -125,7 +142,7 @@ def _env(body: dict[str, Any], spec: FineTuneJobSpec, settings: Settings, job: s
 
 def job(body: dict[str, Any], spec: FineTuneJobSpec, config: dict[str, Any], settings: Settings, attempt: int,
         deadline_seconds: int | None = None) -> dict[str, Any]:
-    """The batch/v1 Job of one attempt: one pod per node, all GPUs of the node in it."""
+    """The batch/v1 Job of one attempt: one pod per node, all GPUs of the node in it (none on CPU)."""
     name = body["metadata"]["name"]
     res = spec.resources
     this_job = job_name(name, attempt)

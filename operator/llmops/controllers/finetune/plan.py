@@ -85,17 +85,18 @@ def _plan(observed: Observed, settings: Settings, status: StatusBuilder, out: Pl
         queue=spec.scheduling.queue_name if spec.scheduling else None,
         job_name=partial(build.job_name, name),
         children=children,
-        succeeded=_succeeded,
+        succeeded=partial(_succeeded, spec.output.uri),
     )
     joblife.advance(work, joblife.JobObservation(observed.jobs, observed.pods, observed.failed_creates), status, out)
     if observed.progress and status.new.get("phase") == "Running":
         status.new["progress"] = observed.progress
 
 
-def _succeeded(status: StatusBuilder, report: dict[str, Any]) -> None:
-    result: dict[str, Any] = {}
-    if report.get("artifactUri") or report.get("outputPath"):
-        result["artifactUri"] = report.get("artifactUri") or report.get("outputPath")
+def _succeeded(output_uri: str, status: StatusBuilder, report: dict[str, Any]) -> None:
+    # The runner reports where it wrote inside its pod (/mnt/pvc/<claim>/...); the next resource of the
+    # chain needs the location as the cluster names it, so a bare path gives way to spec.output.uri.
+    reported = report.get("artifactUri") or report.get("outputPath") or ""
+    result: dict[str, Any] = {"artifactUri": reported if "://" in reported else output_uri}
     metrics = {k: float(v) for k, v in (report.get("metrics") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if metrics:
         result["metrics"] = metrics

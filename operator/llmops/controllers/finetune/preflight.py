@@ -1,5 +1,8 @@
 """The VRAM pre-flight of a FineTuneJob: before any pod exists, estimate the memory
 per GPU, fail at once when the job cannot fit, and resolve `method: auto`.
+
+A CPU job (resources.gpusPerNode 0) has no GPU memory to check: the pre-flight says
+so in ResourcesFit (Unknown, CPUOnly), records no vramEstimate, and auto picks lora.
 """
 
 from __future__ import annotations
@@ -12,11 +15,24 @@ from ...runtime import conditions as cond
 from ...runtime.plan import StatusBuilder
 
 WARNING_REASONS = {"InsufficientGPUMemory", "EstimateUnavailable", "UnsupportedPrecision"}
+CPU_ONLY_REASON = "CPUOnly"  # not a warning: a CPU job is as asked, there is just no VRAM to check
+
+
+def cpu_only(spec: FineTuneJobSpec) -> bool:
+    """resources.gpusPerNode 0: the job trains on CPU, one process per node."""
+    return spec.resources.gpus_per_node == 0
+
+
+def precision(spec: FineTuneJobSpec) -> str:
+    """The precision the runner is told: the spec's, else bf16 on GPUs and fp32 on CPU."""
+    return spec.training.precision or ("fp32" if cpu_only(spec) else "bf16")
 
 
 def preflight(model_config: dict[str, Any] | None, gpu_memory_mib: dict[str, int], spec: FineTuneJobSpec, status: StatusBuilder) -> str | None:
     """Check the GPU can run the job, estimate memory per GPU, fail early when it cannot fit,
     resolve method auto. Returns the method, or None when the job failed."""
+    if cpu_only(spec):
+        return _cpu_only(spec, status)
     if not _precision_supported(spec, status):
         return None
     shape = None
@@ -67,11 +83,27 @@ def preflight(model_config: dict[str, Any] | None, gpu_memory_mib: dict[str, int
     return method
 
 
+def _cpu_only(spec: FineTuneJobSpec, status: StatusBuilder) -> str:
+    """No GPU memory to estimate. auto picks lora: qlora needs CUDA, and lora trains (and keeps
+    optimizer states for) a fraction of a percent of the parameters that full would, in host memory."""
+    method = spec.method if spec.method != "auto" else "lora"
+    status.condition(
+        cond.RESOURCES_FIT, "Unknown", CPU_ONLY_REASON,
+        "VRAM pre-flight not applicable: resources.gpusPerNode is 0, so the job trains on CPU; "
+        "host memory is not estimated (size it with resources.memory)",
+    )
+    status.new["selectedMethod"] = method
+    if spec.method == "auto":
+        status.new["methodReason"] = ("auto chose lora because resources.gpusPerNode is 0: on CPU qlora is impossible "
+                                      "(4-bit bitsandbytes needs CUDA) and lora needs far less memory and time than full")
+    return method
+
+
 def training_plan(spec: FineTuneJobSpec, method: str) -> vram.TrainingPlan:
     ds = spec.deepspeed
     return vram.TrainingPlan(
         method=method,
-        precision=spec.training.precision,
+        precision=precision(spec),
         per_device_batch_size=spec.training.per_device_batch_size,
         max_seq_length=spec.training.max_seq_length,
         gradient_checkpointing=spec.training.gradient_checkpointing,
@@ -88,9 +120,10 @@ def training_plan(spec: FineTuneJobSpec, method: str) -> vram.TrainingPlan:
 def _precision_supported(spec: FineTuneJobSpec, status: StatusBuilder) -> bool:
     """bf16 needs compute capability 8.0 (Ampere) or newer; the runner would only find out on the GPU."""
     gpu = spec.resources.gpu_type
-    if spec.training.precision != "bf16" or not gpu or vram.supports_bf16(gpu) is not False:
+    if precision(spec) != "bf16" or not gpu or vram.supports_bf16(gpu) is not False:
         return True  # an unknown product, or no type asked for: the runner checks on the node
-    message = (f"spec.training.precision bf16 needs an Ampere or newer GPU (compute capability 8.0); "
+    asked = "bf16" if spec.training.precision else "unset, so bf16 (the default on GPUs),"
+    message = (f"spec.training.precision {asked} needs an Ampere or newer GPU (compute capability 8.0); "
                f"{gpu} has none: use precision fp16 (or fp32), or a gpuType with bf16")
     status.condition(cond.RESOURCES_FIT, False, "UnsupportedPrecision", message)
     status.fail("UnsupportedPrecision", message)

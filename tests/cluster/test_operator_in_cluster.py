@@ -1,0 +1,60 @@
+"""The operator runs in the cluster from its own image, installed by the chart, under the chart's RBAC.
+
+No admin credentials: the pod talks to the API server through the `kubernetes` Service with its
+ServiceAccount token, as on any real cluster. It drives a (simulated-GPU) FineTuneJob to the end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from finetune_helpers import create, events, finetunejob, succeed_with, wait_phase
+from waiting import wait_for
+
+from llmops.devcluster.build import bin_dir
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "llmops"
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering")
+
+
+def chart(namespace: str) -> list[dict]:
+    out = subprocess.run(
+        [str(bin_dir() / "helm"), "template", "llmops", str(CHART), "--namespace", namespace,
+         f"--set=watchNamespaces={{{namespace}}}", "--set=progressInterval=1", "--set=hfEndpoint="],
+        capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d and d["kind"] in (
+        "Deployment", "ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding")]
+
+
+@pytest.fixture
+def in_cluster_operator(cluster, core, namespace, node_images):
+    node_images("operator")
+    docs = chart(namespace)
+    for doc in docs:
+        if doc["kind"] not in CLUSTER_SCOPED:
+            doc["metadata"]["namespace"] = namespace
+    cluster.apply(docs)
+    yield
+    cluster.kubectl("delete", "--ignore-not-found", "-f", "-", input=yaml.safe_dump_all([d for d in docs if d["kind"] in CLUSTER_SCOPED]))
+
+
+def test_the_operator_runs_in_cluster_from_its_image_under_the_charts_rbac(cluster, core, custom, namespace, in_cluster_operator):
+    def ready_pod():
+        pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=llmops-operator").items
+        return next((p for p in pods if p.status.container_statuses and p.status.container_statuses[0].ready), None)
+
+    pod = wait_for(ready_pod, timeout=120, interval=1, what="the operator pod to be Ready")
+    assert pod.spec.node_name == "local-cpu"
+    assert pod.spec.service_account_name == "llmops-operator"
+    assert pod.spec.containers[0].image == "ghcr.io/llmops-dev/operator:0.1.0"
+    assert pod.spec.containers[0].security_context.read_only_root_filesystem
+
+    create(custom, namespace, finetunejob("in-cluster", sim=succeed_with({"status": "Succeeded", "artifactUri": "file:///o"}, "1s")))
+    done = wait_phase(custom, namespace, "in-cluster", "Succeeded", timeout=90)
+    assert done["result"]["artifactUri"] == "file:///o"
+    assert events(core, namespace, "in-cluster")
+    log = cluster.kubectl("logs", "-n", namespace, pod.metadata.name).stdout
+    assert "in-cluster" in log and "Forbidden" not in log and "Traceback" not in log, log[-3000:]

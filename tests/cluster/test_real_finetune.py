@@ -1,0 +1,134 @@
+"""A CPU FineTuneJob that really trains: the operator, the real runner image, the real node.
+
+The tiny model and its data are made here (no hub), copied onto a PVC with `kubectl cp`, and the
+operator (on the host) launches the fine-tuning runner image on the real node. Nothing is
+simulated: the loss comes from torch, the adapter is written by peft onto the output PVC.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from finetune_helpers import condition, create, events, finetunejob, status
+from kubernetes import client
+from waiting import wait_for
+
+from llmops.devcluster.images import BASE_IMAGE
+from llmops.devcluster.node import REAL_NODE_LABEL
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # tests.helpers
+
+
+@pytest.fixture(scope="module")
+def finetune_image(node_images):
+    return node_images("finetune")[0]
+
+
+def claim(core, namespace: str, name: str) -> None:
+    core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"],
+                                                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}))))
+
+
+def upload(cluster, core, namespace: str, claim_name: str, files: dict[str, Path]) -> None:
+    """Copy local files and folders onto a claim through a short-lived pod, as a user would."""
+    loader = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"load-{claim_name}", "namespace": namespace},
+        "spec": {"nodeSelector": {REAL_NODE_LABEL: "true"}, "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "main", "image": BASE_IMAGE, "command": ["sleep", "3600"],
+                                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name}}]},
+    }
+    cluster.apply([loader])
+    name = loader["metadata"]["name"]
+    wait_for(lambda: core.read_namespaced_pod(name, namespace).status.phase == "Running", timeout=60, what="the loader pod")
+    for target, source in files.items():
+        cluster.kubectl("cp", str(source), f"{namespace}/{name}:/data/{target}")
+    cluster.kubectl("exec", "-n", namespace, name, "--", "chmod", "-R", "a+rwX", "/data")
+    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+
+def volume_path(core, namespace: str, claim_name: str) -> Path:
+    """Where the claim's local volume lives on this machine (the node is this machine)."""
+    pv = core.read_persistent_volume(core.read_namespaced_persistent_volume_claim(claim_name, namespace).spec.volume_name)
+    source = pv.spec.host_path or pv.spec.local
+    return Path(source.path)
+
+
+@pytest.fixture
+def inputs(cluster, core, namespace, tmp_path):
+    from tests.helpers.tiny_data import corpus_texts, instruction_examples, write_jsonl
+    from tests.helpers.tiny_models import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model", corpus_texts())
+    train, _ = instruction_examples()
+    data = write_jsonl(tmp_path / "train.jsonl", train)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "fine"}\nthis line is not JSON\n')
+    claim(core, namespace, "inputs")
+    claim(core, namespace, "outputs")
+    upload(cluster, core, namespace, "inputs", {"model": model, "train.jsonl": data, "bad.jsonl": bad})
+    return namespace
+
+
+def cpu_job(name: str, dataset: str) -> dict:
+    return finetunejob(
+        name,
+        baseModel={"uri": "pvc://inputs/model"},
+        dataset={"uri": f"pvc://inputs/{dataset}", "validationSplit": 0.1},
+        method="lora",
+        resources={"gpusPerNode": 0, "cpu": "1", "memory": "3Gi"},
+        training={"maxSteps": 60, "perDeviceBatchSize": 8, "learningRate": 0.003, "maxSeqLength": 64, "evalSteps": 30},
+        output={"uri": f"pvc://outputs/{name}"},
+        backoffLimit=2,
+    )
+
+
+def test_a_cpu_finetunejob_trains_for_real_on_the_local_node(finetune_image, inputs, custom, core, operator):
+    namespace = inputs
+    create(custom, namespace, cpu_job("real-lora", "train.jsonl"))
+
+    # Progress is scraped from the runner's /metrics at the pod's real IP while it trains.
+    seen_running = wait_for(
+        lambda: (st := status(custom, namespace, "real-lora")).get("phase") == "Running" and (st.get("progress") or {}).get("step") and st,
+        timeout=300, interval=0.5, what="live progress from the running pod")
+    assert 0 < seen_running["progress"]["step"] <= 60 and seen_running["progress"]["totalSteps"] == 60
+    pods = core.list_namespaced_pod(namespace, label_selector="llmops.dev/name=real-lora").items
+    assert pods and pods[0].spec.node_name == "local-cpu" and pods[0].status.pod_ip.startswith("10.251.")
+
+    final = wait_for(lambda: (st := status(custom, namespace, "real-lora")).get("phase") in ("Succeeded", "Failed") and st,
+                     timeout=600, interval=1, what="the job to finish")
+    assert final["phase"] == "Succeeded", json.dumps(final, indent=1)
+    metrics = final["result"]["metrics"]
+    assert metrics["trainLoss"] > 0
+    assert metrics["evalLoss"] < metrics["evalLossStart"], metrics  # it learned: torch ran, not a simulator
+    assert final["result"]["artifactUri"] == "pvc://outputs/real-lora"
+    assert final["gpus"] == 0 and final["restarts"] == 0
+
+    # The adapter is on the output claim, written by peft inside the pod.
+    adapter = volume_path(core, namespace, "outputs") / "real-lora"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    assert any(p.name.startswith("adapter_model") for p in adapter.iterdir())
+
+
+def test_bad_data_fails_with_the_runners_reason_and_no_retry(finetune_image, inputs, custom, core, operator):
+    namespace = inputs
+    create(custom, namespace, cpu_job("bad-data", "bad.jsonl"))
+    final = wait_for(lambda: (st := status(custom, namespace, "bad-data")).get("phase") in ("Succeeded", "Failed") and st,
+                     timeout=300, interval=1, what="the job to finish")
+    assert final["phase"] == "Failed"
+    failed = condition(final, "Failed") or condition(final, "Ready")
+    assert "line 2" in failed["message"] or "JSON" in failed["message"], failed
+    assert failed["reason"] not in ("BackoffLimitExceeded", "Error"), failed
+    # Exit 2 is permanent: one pod, no retry, though backoffLimit allows two.
+    pods = core.list_namespaced_pod(namespace, label_selector="llmops.dev/name=bad-data").items
+    assert len(pods) == 1
+    assert pods[0].status.container_statuses[0].state.terminated.exit_code == 2
+    assert final.get("restarts", 0) == 0
+    assert any(e.reason == failed["reason"] for e in events(core, namespace, "bad-data"))
