@@ -95,7 +95,7 @@ def metadata(body: dict[str, Any], name: str, extra_labels: dict[str, str] | Non
     }
 
 
-def gpu_scheduling(gpu_type: str | None, scheduling: dict[str, Any] | None, gpus: int = 1) -> dict[str, Any]:
+def pod_scheduling(gpu_type: str | None, scheduling: dict[str, Any] | None, gpus: int = 1) -> dict[str, Any]:
     """nodeSelector, tolerations, affinity and priority of a pod spec.
 
     A GPU pod tolerates the nvidia.com/gpu taint and is pinned to its GPU product; a CPU pod
@@ -251,7 +251,7 @@ def runner_job(
         "containers": [container],
         "volumes": volumes,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
-        **gpu_scheduling(pod.gpu_type, pod.scheduling, pod.gpus),
+        **pod_scheduling(pod.gpu_type, pod.scheduling, pod.gpus),
     }
     job_labels = {LABEL_ATTEMPT: str(attempt)}
     if queue:
