@@ -43,6 +43,7 @@ from pathlib import Path
 
 from ..settings import Settings
 from .build import cache_root
+from .mounts import unmount_under
 
 Log = Callable[[str], None]
 
@@ -188,18 +189,6 @@ def built(name: str) -> bool:
     return subprocess.run(["buildah", "inspect", "--type", "image", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
 
-def _mounts_under(folder: Path) -> list[str]:
-    prefix = str(folder.resolve()).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as handle:
-        points = [line.split()[4] for line in handle]
-    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
-
-
-def _umount_all(folder: Path) -> None:
-    for point in _mounts_under(folder):
-        subprocess.run(["umount", "-l", point], check=False)
-
-
 # -- base image -------------------------------------------------------------------
 
 
@@ -240,7 +229,7 @@ def _build_base(log: Log) -> None:
             _run(["chroot", str(root), "apt-get", "-q", "-y", "--no-install-recommends", "upgrade"], log, env=env)
             _run(["chroot", str(root), "apt-get", "clean"], log, env=env)
         finally:
-            _umount_all(root)
+            unmount_under(root)
         for pattern in BASE_TRIM:
             for path in root.glob(pattern):
                 if path.is_dir() and not path.is_symlink():
@@ -262,7 +251,7 @@ def _build_base(log: Log) -> None:
         container = ""
     finally:
         if root is not None:
-            _umount_all(root)
+            unmount_under(root)
         if container:
             subprocess.run(["buildah", "rm", container], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     log(f"built {BASE_IMAGE} in {time.monotonic() - started:.1f}s")

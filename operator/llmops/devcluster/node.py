@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
+from .mounts import unmount_under
+
 if TYPE_CHECKING:
     from .cluster import ClusterState, LocalCluster
 
@@ -200,7 +202,7 @@ class RealNode:
         from .build import ensure_node_binaries
 
         binaries = ensure_node_binaries(log)
-        self._unmount_all(net)  # what a cluster that died without `down` may have left at this index
+        unmount_under(self.root, net.runtime_dir)  # what a cluster that died without `down` may have left at this index
         shutil.rmtree(net.runtime_dir, ignore_errors=True)
         for folder in (self.containerd_root, net.socket.parent, net.kubelet_root, self.cni_conf, self.volumes):
             folder.mkdir(parents=True, exist_ok=True)
@@ -234,7 +236,7 @@ class RealNode:
             return
         net = NodeNetwork(state.node_network)
         self._kill_workloads(net)
-        self._unmount_all(net)
+        unmount_under(self.root, net.runtime_dir)
         release_network(net)
         shutil.rmtree(net.runtime_dir, ignore_errors=True)
         self._remove_cgroup_root(net)
@@ -331,16 +333,6 @@ class RealNode:
                     pass
             time.sleep(0.5)
 
-    def _unmount_all(self, net: NodeNetwork) -> None:
-        """Unmount what containerd and the kubelet left under the node's folders (deepest first)."""
-        roots = [str(self.root.resolve()), str(net.runtime_dir)]
-        for _ in range(3):
-            mounts = [m for m in _mount_points() if any(m == r or m.startswith(r + "/") for r in roots)]
-            if not mounts:
-                return
-            for mount in sorted(mounts, key=len, reverse=True):
-                subprocess.run(["umount", "-l", mount], capture_output=True)
-
     @staticmethod
     def _wait_for(ready: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -356,12 +348,6 @@ def _rmdir(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass
-
-
-def _mount_points() -> list[str]:
-    # /proc/self/mountinfo: field 5 is the mount point, with spaces escaped as \040.
-    with open("/proc/self/mountinfo") as info:
-        return [line.split()[4].replace("\\040", " ") for line in info]
 
 
 def _shims_of(socket: Path) -> set[int]:
