@@ -6,7 +6,7 @@
 # Stop everything with: .venv/bin/llmops-devcluster down
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=${EXTRAS:-dev} bash scripts/setup.sh
+EXTRAS=${EXTRAS:-dev} LLMOPS_SKIP_RUNNER_VENVS=1 bash scripts/setup.sh
 devcluster() { .venv/bin/llmops-devcluster "$@"; }
 kubectl() { devcluster kubectl "$@"; }
 devcluster up --crds crds --operator
@@ -22,8 +22,10 @@ if $real_node; then
   kubectl wait --for=condition=complete job/make-tiny-inputs --timeout=600s
   kubectl apply -f examples/
 else
-  echo "no real node here: the CPU example (06) is left out; the GPU examples run on simulated nodes"
-  for f in examples/*.yaml; do [ "$f" = examples/06-finetunejob-cpu.yaml ] || kubectl apply -f "$f"; done
+  echo "no real node here: the CPU examples (06, 07) are left out; the GPU examples run on simulated nodes"
+  for f in examples/*.yaml; do
+    case "$f" in examples/06-*|examples/07-*) ;; *) kubectl apply -f "$f" ;; esac
+  done
 fi
 echo
 kubectl get nodes -L nvidia.com/gpu.product,llmops.dev/real-node
@@ -31,6 +33,8 @@ echo
 if $real_node; then
   echo "waiting for tiny-cpu-lora to train on the real node (a minute or two)..."
   kubectl wait ftj/tiny-cpu-lora --for=jsonpath='{.status.phase}'=Succeeded --timeout=600s
+  echo "waiting for tiny-cpu-pruned to merge and prune its output (it waited for the fine-tune)..."
+  kubectl wait cpj/tiny-cpu-pruned --for=jsonpath='{.status.phase}'=Succeeded --timeout=600s
 fi
 kubectl get llmops
 echo
@@ -38,5 +42,6 @@ kubectl get jobs,pods -o wide
 echo
 echo "Cluster and operator left running. Use them with: $(devcluster env)"
 echo "  kubectl describe ftj tiny-cpu-lora              # the real run: conditions, events, result metrics"
+echo "  kubectl describe cpj tiny-cpu-pruned            # the real compression: stage figures, quality gate"
 echo "  kubectl describe ftj tinyllama-support-lora     # a simulated GPU run"
 echo "  .venv/bin/llmops-devcluster down                # stop everything"

@@ -39,4 +39,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[${EXTRAS:-dev,finetune}]"
+# The compression runner families cannot share one environment (llm-compressor and optimum-onnx
+# pin different transformers): each gets the venv its image is built from, and the tests run the
+# runner in it (tests/compress/). LLMOPS_SKIP_RUNNER_VENVS=1 leaves them out.
+if [ -z "${LLMOPS_SKIP_RUNNER_VENVS:-}" ]; then
+  for family in compress compress-onnx; do
+    [ -x ".venv-$family/bin/python" ] || python3 -m venv ".venv-$family"
+    ".venv-$family/bin/python" -m pip install -q --upgrade pip
+    ".venv-$family/bin/python" -m pip install -q -e ".[$family]"
+  done
+fi
 .venv/bin/llmops-devcluster build >/dev/null

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 import sys
 import tarfile
 from pathlib import Path
@@ -43,7 +44,7 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def test_there_are_dockerfiles():
-    assert {path.name for path in DOCKERFILES} >= {"operator.Dockerfile", "finetune.Dockerfile"}
+    assert {path.name for path in DOCKERFILES} >= {"operator.Dockerfile", "runner.Dockerfile"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -112,12 +113,17 @@ def test_build_context_keeps_only_what_the_dockerfiles_copy():
 
 
 def test_image_names_are_the_operators_defaults():
-    assert images.IMAGES["finetune"].name == Settings().finetune_image
+    settings = Settings()
+    assert images.IMAGES["finetune"].name == settings.finetune_image
+    assert images.IMAGES["compress"].name == settings.compress_image
+    assert images.IMAGES["compress-onnx"].name == settings.compress_onnx_image
     values = yaml.safe_load((REPO / "charts/llmops/values.yaml").read_text())
     chart = yaml.safe_load((REPO / "charts/llmops/Chart.yaml").read_text())
     assert values["image"]["tag"] in ("", None)
     assert images.IMAGES["operator"].name == f"{values['image']['repository']}:{chart['appVersion']}"
-    assert values["runnerImages"]["finetune"] == Settings().finetune_image
+    assert values["runnerImages"]["finetune"] == settings.finetune_image
+    assert values["runnerImages"]["compress"] == settings.compress_image
+    assert values["runnerImages"]["compressOnnx"] == settings.compress_onnx_image
     for image in images.IMAGES.values():
         assert (REPO / image.dockerfile).is_file()
 
@@ -135,8 +141,23 @@ def test_requirements_follow_the_extras():
     assert not any(line.lower().startswith("llmops") for line in gpu)
 
 
+def test_the_shared_torch_layer_fits_every_runner_family():
+    """runner.Dockerfile installs `runner-torch` first, in a layer every runner image shares; a family
+    whose torch range excluded it would reinstall torch on top (several GB more per image)."""
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    shared = Requirement(pyproject["runner-torch"][0]).specifier
+    assert len(pyproject["runner-torch"]) == 1
+    for family in ("finetune", "compress", "compress-onnx"):
+        wanted = next(Requirement(r).specifier for r in pyproject[family] if Requirement(r).name == "torch")
+        # The newest torch the shared range allows must lie in the family's range too.
+        newest = shared.filter(["2.4.0", "2.10.0", "2.12.0", "2.14.0", "2.15.0"])
+        assert any(v in wanted for v in newest), (family, str(wanted), str(shared))
+
+
 def test_resolve_and_build_command():
-    assert images.resolve(None) == [images.PAUSE_IMAGE, images.IMAGES["operator"].name, images.IMAGES["finetune"].name]
+    assert images.resolve(None) == [images.PAUSE_IMAGE, *(image.name for image in images.IMAGES.values())]
     assert images.resolve(["finetune", "finetune", images.PAUSE_IMAGE]) == [Settings().finetune_image, images.PAUSE_IMAGE]
     with pytest.raises(images.ImageError):
         images.resolve(["nginx"])

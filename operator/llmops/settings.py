@@ -27,6 +27,8 @@ class Settings:
     # Runner image per kind; a spec's `image` overrides it for one object.
     finetune_image: str = "ghcr.io/llmops-dev/runner-finetune:0.1.0"
     compress_image: str = "ghcr.io/llmops-dev/runner-compress:0.1.0"
+    # ONNX Runtime INT8 needs optimum-onnx, whose transformers pin llm-compressor refuses: its own image.
+    compress_onnx_image: str = "ghcr.io/llmops-dev/runner-compress-onnx:0.1.0"
     serve_image: str = "ghcr.io/llmops-dev/runner-serve:0.1.0"
     metrics_port: int = 8000  # the operator's own /metrics
     runner_metrics_port: int = 9400  # the runners' /metrics
@@ -43,6 +45,7 @@ class Settings:
         return cls(
             finetune_image=env.get("LLMOPS_FINETUNE_IMAGE", base.finetune_image),
             compress_image=env.get("LLMOPS_COMPRESS_IMAGE", base.compress_image),
+            compress_onnx_image=env.get("LLMOPS_COMPRESS_ONNX_IMAGE", base.compress_onnx_image),
             serve_image=env.get("LLMOPS_SERVE_IMAGE", base.serve_image),
             metrics_port=int(env.get("LLMOPS_METRICS_PORT", base.metrics_port)),
             runner_metrics_port=int(env.get("LLMOPS_RUNNER_METRICS_PORT", base.runner_metrics_port)),

@@ -165,17 +165,18 @@ def _one_sentence(error: ValidationError) -> str:
     return f"Invalid config at {where!r}: {text}." if where else f"Invalid config: {text}."
 
 
-def parse_config(data: dict) -> RunnerConfig:
+def parse_config(data: dict, schema: type[BaseModel] = RunnerConfig):
+    """`data` validated against `schema` (the fine-tuning contract unless another runner's is given)."""
     if not isinstance(data, dict):
         raise BadInputError("Invalid config: the top level must be a JSON object.")
     try:
-        return RunnerConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as error:
         raise BadInputError(_one_sentence(error)) from None
 
 
-def load_config(path: str | os.PathLike | None) -> RunnerConfig:
-    """Read the config from `path` (or $LLMOPS_CONFIG when `path` is None)."""
+def load_config(path: str | os.PathLike | None, schema: type[BaseModel] = RunnerConfig):
+    """Read the config from `path` (or $LLMOPS_CONFIG when `path` is None) and validate it against `schema`."""
     path = path or os.environ.get("LLMOPS_CONFIG")
     if not path:
         raise BadInputError("No config given: pass --config FILE or set LLMOPS_CONFIG.")
@@ -186,7 +187,7 @@ def load_config(path: str | os.PathLike | None) -> RunnerConfig:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as error:
         raise BadInputError(f"Config file {str(file)!r} is not valid JSON ({error.msg} at line {error.lineno}).") from None
-    return parse_config(data)
+    return parse_config(data, schema)
 
 
 def termination_path_from_raw(path: str | os.PathLike | None) -> str:

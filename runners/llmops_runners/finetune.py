@@ -16,17 +16,11 @@ from pathlib import Path
 
 from .config import load_config, termination_path_from_raw
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED, BadInputError, RunnerFailure
+from .logs import setup_logging
 from .launch import is_local_main_process, plan_from_env, run_plan
 from .termination import build_message, write_termination_message
 
 log = logging.getLogger("llmops_runners.finetune")
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _report_failure(path: str | None, reason: str, message: str) -> None:
@@ -61,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmops_runners.finetune", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="runner config JSON (default: $LLMOPS_CONFIG)")
     args = parser.parse_args(argv)
-    _setup_logging()
+    setup_logging()
     config_path = args.config or os.environ.get("LLMOPS_CONFIG")
     termination = termination_path_from_raw(config_path)
     try:

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import pytest
 from finetune_helpers import condition, create, events, finetunejob, status
-from kubernetes import client
-from waiting import wait_for
-
-from llmops.devcluster.images import BASE_IMAGE
-from llmops.devcluster.node import REAL_NODE_LABEL
+from real_workloads import claim, describe, follow, upload, volume_path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # tests.helpers
@@ -28,36 +24,7 @@ def finetune_image(node_images):
     return node_images("finetune")[0]
 
 
-def claim(core, namespace: str, name: str) -> None:
-    core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
-        metadata=client.V1ObjectMeta(name=name),
-        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"],
-                                                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}))))
-
-
-def upload(cluster, core, namespace: str, claim_name: str, files: dict[str, Path]) -> None:
-    """Copy local files and folders onto a claim through a short-lived pod, as a user would."""
-    loader = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"load-{claim_name}", "namespace": namespace},
-        "spec": {"nodeSelector": {REAL_NODE_LABEL: "true"}, "terminationGracePeriodSeconds": 0,
-                 "containers": [{"name": "main", "image": BASE_IMAGE, "command": ["sleep", "3600"],
-                                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name}}]},
-    }
-    cluster.apply([loader])
-    name = loader["metadata"]["name"]
-    wait_for(lambda: core.read_namespaced_pod(name, namespace).status.phase == "Running", timeout=60, what="the loader pod")
-    for target, source in files.items():
-        cluster.kubectl("cp", str(source), f"{namespace}/{name}:/data/{target}")
-    cluster.kubectl("exec", "-n", namespace, name, "--", "chmod", "-R", "a+rwX", "/data")
-    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
-
-
-def volume_path(core, namespace: str, claim_name: str) -> Path:
-    """Where the claim's local volume lives on this machine (the node is this machine)."""
-    pv = core.read_persistent_volume(core.read_namespaced_persistent_volume_claim(claim_name, namespace).spec.volume_name)
-    source = pv.spec.host_path or pv.spec.local
-    return Path(source.path)
+STEPS = 300
 
 
 @pytest.fixture
@@ -83,7 +50,8 @@ def cpu_job(name: str, dataset: str) -> dict:
         dataset={"uri": f"pvc://inputs/{dataset}", "validationSplit": 0.1},
         method="lora",
         resources={"gpusPerNode": 0, "cpu": "1", "memory": "3Gi"},
-        training={"maxSteps": 60, "perDeviceBatchSize": 8, "learningRate": 0.003, "maxSeqLength": 64, "evalSteps": 30},
+        # 300 steps take seconds here: long enough that a scrape (every second in the tests) sees them run.
+        training={"maxSteps": STEPS, "perDeviceBatchSize": 8, "learningRate": 0.003, "maxSeqLength": 64, "evalSteps": STEPS // 2},
         output={"uri": f"pvc://outputs/{name}"},
         backoffLimit=2,
     )
@@ -93,16 +61,17 @@ def test_a_cpu_finetunejob_trains_for_real_on_the_local_node(finetune_image, inp
     namespace = inputs
     create(custom, namespace, cpu_job("real-lora", "train.jsonl"))
 
-    # Progress is scraped from the runner's /metrics at the pod's real IP while it trains.
-    seen_running = wait_for(
-        lambda: (st := status(custom, namespace, "real-lora")).get("phase") == "Running" and (st.get("progress") or {}).get("step") and st,
-        timeout=300, interval=0.5, what="live progress from the running pod")
-    assert 0 < seen_running["progress"]["step"] <= 60 and seen_running["progress"]["totalSteps"] == 60
+    # Progress is scraped from the runner's /metrics at the pod's real IP while it trains. Follow the job
+    # to its end in one loop: a job that finishes between two polls must not read as "no progress".
+    timeline = follow(lambda: status(custom, namespace, "real-lora"), core, namespace, "real-lora", timeout=900)
+    running = [st for _, st in timeline if st.get("phase") == "Running" and (st.get("progress") or {}).get("step")]
+    final = timeline[-1][1]
+    print(describe(core, namespace, "real-lora", timeline))  # shown with -s, and by pytest on a failure
+    assert running, f"no live progress was seen while the job ran:\n{describe(core, namespace, 'real-lora', timeline)}"
+    assert 0 < running[0]["progress"]["step"] <= STEPS and running[0]["progress"]["totalSteps"] == STEPS
     pods = core.list_namespaced_pod(namespace, label_selector="llmops.dev/name=real-lora").items
     assert pods and pods[0].spec.node_name == "local-cpu" and pods[0].status.pod_ip.startswith("10.251.")
 
-    final = wait_for(lambda: (st := status(custom, namespace, "real-lora")).get("phase") in ("Succeeded", "Failed") and st,
-                     timeout=600, interval=1, what="the job to finish")
     assert final["phase"] == "Succeeded", json.dumps(final, indent=1)
     metrics = final["result"]["metrics"]
     assert metrics["trainLoss"] > 0

@@ -69,7 +69,9 @@ COMPRESSION = Kind(
     columns=(
         PrinterColumn("Phase", ".status.phase", description="Lifecycle phase."),
         PrinterColumn("Stages", ".status.progress", description="Stages done / total."),
-        PrinterColumn("GPUs", ".spec.resources.gpus", "integer", "GPUs."),
+        PrinterColumn("Size ratio", ".status.metrics.sizeRatio", "number", "Output size / input size (weights on disk)."),
+        PrinterColumn("Quality drop", ".status.metrics.qualityDrop", "number", "Relative loss of quality measured by the gate."),
+        PrinterColumn("GPUs", ".status.gpus", "integer", "GPUs of the pod.", priority=1),
         PrinterColumn("Artifact", ".status.artifactUri", description="Output location.", priority=1),
         AGE,
     ),

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from ..runtime.controller import KindController
-from . import finetune
+from . import compression, finetune
 
-CONTROLLERS: list[KindController] = [finetune.CONTROLLER]
+CONTROLLERS: list[KindController] = [finetune.CONTROLLER, compression.CONTROLLER]

@@ -99,7 +99,10 @@ class Image:
 
 IMAGES: dict[str, Image] = {
     "operator": Image("operator", OPERATOR_IMAGE, "images/operator.Dockerfile"),
-    "finetune": Image("finetune", Settings().finetune_image, "images/finetune.Dockerfile", {"EXTRAS": "finetune"}),
+    "finetune": Image("finetune", Settings().finetune_image, "images/runner.Dockerfile", {"EXTRAS": "finetune", "RUNNER": "finetune"}),
+    "compress": Image("compress", Settings().compress_image, "images/runner.Dockerfile", {"EXTRAS": "compress", "RUNNER": "compress"}),
+    "compress-onnx": Image("compress-onnx", Settings().compress_onnx_image, "images/runner.Dockerfile",
+                           {"EXTRAS": "compress-onnx", "RUNNER": "compress"}),
 }
 # What `build()` and `load()` do without names: the node needs the pause image and the workloads' images.
 DEFAULT_NAMES = ("pause", *IMAGES)

@@ -21,6 +21,9 @@ does the rest the same way for every kind:
 - A replica that peering has paused does nothing at all.
 - A ticker resyncs active objects and runs the kinds' progress scrapes in their
   own threads, so scrapes never hold a reconcile worker.
+- An object that takes its input from another of our objects (a CompressionJob
+  from a FineTuneJob) names it in `inputs`; any change of the input, its status
+  or its deletion, reconciles the object at once.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class KindController:
     scrape: Callable[["Context", dict[str, Any], dict[str, list[dict[str, Any]]]], dict[str, Any] | None] | None = None
     # How a refused child shows in status; the default suits Job-running kinds.
     refused: Callable[[StatusBuilder, str, bool], None] | None = None
+    # Optional: the keys of our objects this one reads (its inputs); their changes reconcile it.
+    inputs: Callable[[dict[str, Any]], list[Key]] | None = None
 
     @property
     def resource(self) -> Resource:
@@ -98,6 +103,10 @@ class Context:
     def progress(self, key: Key) -> dict[str, Any] | None:
         return self._runtime.progress.get(key)
 
+    def lookup(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Another of our objects as the cache holds it (an input named in `inputs`)."""
+        return self._runtime.cache.get(kind, namespace, name)
+
 
 def merge_patch(old: Any, new: Any) -> Any:
     """The JSON merge patch (RFC 7386) that turns `old` into `new` (keys gone become null)."""
@@ -128,6 +137,8 @@ class Runtime:
         self.progress: dict[Key, dict[str, Any]] = {}
         self.active: set[Key] = set()
         self.parked: set[Key] = set()  # keys that came while paused: reconciled once we act again
+        self._inputs: dict[Key, tuple[Key, ...]] = {}  # object → the objects it reads
+        self._dependents: dict[Key, set[Key]] = {}  # object → the objects that read it
         self._lock = threading.Lock()
         self._ticked_at = 0.0
         self._was_paused = False
@@ -193,12 +204,15 @@ class Runtime:
             self.cache.drop(kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"], int(version) if version.isdigit() else None)
             if kind in self.controllers:
                 self._forget(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
+                self._wake_dependents((kind, obj["metadata"]["namespace"], obj["metadata"]["name"]))
                 return
         elif not self.cache.put(obj):
             return  # the echo of our own write, or older than what we hold: nothing new
         parent = self.parent_key(obj)
         if parent:
             self.queue.add(parent, _lane_of(obj) if kind in self.controllers else URGENT)
+            if kind in self.controllers:
+                self._wake_dependents(parent)
 
     def parent_key(self, obj: dict[str, Any]) -> Key | None:
         if obj["kind"] in self.controllers:
@@ -245,6 +259,24 @@ class Runtime:
     def _forget(self, kind: str, namespace: str, name: str) -> None:
         metrics.forget_object(kind, namespace, name)
         self._track((kind, namespace, name), None)
+        self._note_inputs((kind, namespace, name), ())
+
+    def _note_inputs(self, key: Key, inputs: tuple[Key, ...]) -> None:
+        with self._lock:
+            if self._inputs.get(key, ()) == inputs:
+                return
+            for old in self._inputs.pop(key, ()):
+                self._dependents.get(old, set()).discard(key)
+            if inputs:
+                self._inputs[key] = inputs
+                for new in inputs:
+                    self._dependents.setdefault(new, set()).add(key)
+
+    def _wake_dependents(self, key: Key) -> None:
+        with self._lock:
+            waiting = sorted(self._dependents.get(key, ()))
+        for dependent in waiting:
+            self.queue.add(dependent)
 
     def _track(self, key: Key, phase: str | None) -> None:
         """Active objects are resynced and scraped by the ticker; the others keep no progress."""
@@ -286,6 +318,8 @@ class Runtime:
             self._forget(kind, namespace, name)
             return True
         body.setdefault("apiVersion", api.API_VERSION)
+        if controller.inputs:
+            self._note_inputs(key, tuple(controller.inputs(body)))
         owned = self.owned(body, controller)
         result = controller.plan(controller.observe(self.context, body, owned), self.settings)
         log.debug("%s: %s children %s → phase %s, create %s, patch %s, delete %s", key, sum(map(len, owned.values())),
@@ -325,6 +359,8 @@ class Runtime:
                 raise _Stale() from None
             if updated:
                 self.cache.put(updated)
+            # Our own write comes back as a watch event the cache already holds: tell the readers here.
+            self._wake_dependents((controller.kind.kind, meta["namespace"], meta["name"]))
         for type_, reason, message in events:
             self.kube.event(body, type_, reason, message)
         phase = status.get("phase")

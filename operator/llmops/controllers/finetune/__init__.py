@@ -14,7 +14,8 @@ from ...runtime.conditions import now, parse_time
 from ...runtime.controller import Context, KindController
 from ...runtime.pods import of_attempt, rank_order
 from .plan import Observed, plan
-from .progress import progress_status, scrape as scrape_metrics
+from ...runtime.scrape import scrape as scrape_metrics
+from .progress import PREFIX, progress_status
 
 
 def observe(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, Any]]]) -> Observed:
@@ -40,7 +41,7 @@ def scrape(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, A
     ranks = [p for p in rank_order(of_attempt(owned["Pod"], status.get("attempt", 0))) if (p.get("status") or {}).get("podIP")]
     if not ranks:
         return None
-    values = scrape_metrics(ranks[0]["status"]["podIP"], ctx.settings.runner_metrics_port, ctx.settings.scrape_timeout)
+    values = scrape_metrics(ranks[0]["status"]["podIP"], ctx.settings.runner_metrics_port, ctx.settings.scrape_timeout, PREFIX)
     return progress_status(values, parse_time(status.get("startTime")), now()) if values else None
 
 

@@ -6,12 +6,10 @@ The runner never talks to the API server: it serves llmops_finetune_* gauges
 
 from __future__ import annotations
 
-import urllib.request
 from datetime import datetime
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from ...runtime import scrape
 from ...runtime.conditions import timestamp
 
 PREFIX = "llmops_finetune_"
@@ -28,11 +26,7 @@ FIELDS = {
 
 def parse(text: str) -> dict[str, float]:
     """The llmops_finetune_* gauges (first sample of each) from a /metrics page."""
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name.startswith(PREFIX) and family.samples:
-            values[family.name[len(PREFIX):]] = family.samples[0].value
-    return values
+    return scrape.parse(text, PREFIX)
 
 
 def format_duration(seconds: float) -> str:
@@ -60,8 +54,3 @@ def progress_status(values: dict[str, float], started: datetime | None, at: date
             out["eta"] = format_duration(elapsed / step * (total - step))
     out["updatedAt"] = timestamp(at)
     return out
-
-
-def scrape(host: str, port: int, timeout: float) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as resp:  # noqa: S310 (pod IP, plain HTTP)
-        return parse(resp.read().decode())
