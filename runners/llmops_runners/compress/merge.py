@@ -5,14 +5,13 @@ import math
 from pathlib import Path
 
 from ..errors import BadInputError
-from .models import ModelRef, adapter_base, auto_class, is_adapter, read_config, save, task_of_config
+from .models import ModelRef, adapter_base, auto_class, is_adapter, load_tokenizer, read_config, readable_config, save, task_of_config
 from .stages import StageContext, StageOutcome
 
 
 def run(settings, model: ModelRef, ctx: StageContext) -> StageOutcome:
     import torch
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
     if model.format == "peft-adapter":
         adapter, base = model.path, model.base_path
@@ -22,9 +21,9 @@ def run(settings, model: ModelRef, ctx: StageContext) -> StageOutcome:
             raise BadInputError(f"mergeLora.adapterPath {adapter} holds no PEFT adapter (no adapter_config.json).")
         adapter_base(adapter, str(base))  # the base must be a model folder
     task = task_of_config(read_config(base), base)
-    merged = PeftModel.from_pretrained(auto_class(task).from_pretrained(base, dtype=torch.float32), str(adapter)).merge_and_unload()
+    merged = PeftModel.from_pretrained(auto_class(task).from_pretrained(base, dtype=torch.float32, config=readable_config(base)), str(adapter)).merge_and_unload()
     # The adapter's folder carries the tokenizer the job trained with (chat template included).
-    tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").is_file() else base)
+    tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else base)
     save(merged, tokenizer, ctx.out)
     return StageOutcome(ModelRef(ctx.out, task), {"adapterParameters": float(_adapter_parameters(adapter))})
 

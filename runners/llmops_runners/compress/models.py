@@ -99,20 +99,67 @@ def auto_class(task: str):
 
 def load(ref: ModelRef):
     """(model, tokenizer) in fp32 on CPU, in eval mode; ONNX models through Optimum's ORT classes."""
-    from transformers import AutoTokenizer
-
     if ref.format == "peft-adapter":
         raise BadInputError(f"{ref.path} is a LoRA adapter: start the chain with a mergeLora stage.")
-    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    tokenizer = load_tokenizer(ref.path)
     if ref.format == "onnx":
         from .quantize_onnx import load_onnx  # only the ONNX image has optimum
 
         return load_onnx(ref), tokenizer
     import torch
 
-    model = auto_class(ref.task).from_pretrained(ref.path, dtype=torch.float32)
+    kwargs = {}
+    if ref.format == "compressed-tensors":
+        from transformers import CompressedTensorsConfig
+
+        # Packed INT4 layers have no `.weight` until their first forward; dequantized on load they
+        # are plain Linears with the same logits, which every measurement can read.
+        kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+    model = auto_class(ref.task).from_pretrained(ref.path, dtype=torch.float32, config=readable_config(ref.path), **kwargs)
     model.eval()
     return model, tokenizer
+
+
+def readable_config(path: Path):
+    """The model's config, with transformers 5's RoPE settings where transformers 4 (the ONNX image's)
+    reads them: 4.x ignores `rope_parameters` and would build the model with its default rope_theta
+    (10000 instead of, say, Llama 3's 500000), a wrong model, silently."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path)
+    rope = read_config(path).get("rope_parameters")
+    if isinstance(rope, dict) and not isinstance(getattr(config, "rope_parameters", None), dict):
+        for key in ("rope_theta", "partial_rotary_factor"):
+            if key in rope:
+                setattr(config, key, rope[key])
+        if rope.get("rope_type", "default") != "default":
+            config.rope_scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    return config
+
+
+def load_tokenizer(path: Path):
+    """AutoTokenizer; where this transformers cannot read what another wrote (4.x reading 5.x's
+    `TokenizersBackend` class), the same tokenizer built from tokenizer.json and its settings."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (ValueError, TypeError, AttributeError):
+        if not (path / "tokenizer.json").is_file():
+            raise
+    settings = json.loads((path / "tokenizer_config.json").read_text()) if (path / "tokenizer_config.json").is_file() else {}
+    for key in ("tokenizer_class", "backend", "auto_map", "added_tokens_decoder"):
+        settings.pop(key, None)
+    extra = settings.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        settings["additional_special_tokens"] = extra
+    settings.setdefault("model_input_names", ["input_ids", "attention_mask"])  # as the 5.x tokenizer: no token_type_ids
+    template = path / "chat_template.jinja"
+    if template.is_file() and "chat_template" not in settings:
+        settings["chat_template"] = template.read_text()
+    return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **settings)
 
 
 def save(model, tokenizer, out: Path) -> None:
