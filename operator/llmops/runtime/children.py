@@ -190,6 +190,18 @@ class RunnerPod:
     ports: tuple[tuple[str, int], ...] = ()
 
 
+def user_pod_options(spec: Any) -> dict[str, Any]:
+    """The RunnerPod fields a user sets the same way in every Job-running kind's spec:
+    `image.pullPolicy`, `scheduling` and `podMetadata`."""
+    meta = spec.pod_metadata
+    return {
+        "pull_policy": spec.image.pull_policy if spec.image else None,
+        "scheduling": spec.scheduling.to_wire() if spec.scheduling else None,
+        "pod_labels": dict(meta.labels) if meta and meta.labels else {},
+        "pod_annotations": dict(meta.annotations) if meta and meta.annotations else {},
+    }
+
+
 def runner_job(
     body: dict[str, Any],
     name: str,

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from . import conditions as cond
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -81,3 +85,28 @@ def transition_events(old: dict[str, Any], new: dict[str, Any], warning_reasons:
         warning = c["reason"] in warning_reasons or c["type"] == cond.FAILED
         events.append(("Warning" if warning else "Normal", c["reason"], c["message"]))
     return events
+
+
+def finite_plan(body: dict[str, Any], at: datetime, warning_reasons: set[str], step: Callable[[StatusBuilder, Plan], None]) -> Plan:
+    """The plan of an object that runs to an end: `step` fills it unless the object has ended
+    (a finished job stays finished: no re-create loop); the events come from the status change."""
+    out = Plan()
+    status = StatusBuilder(body, at)
+    try:
+        if not status.finished:
+            step(status, out)
+    finally:
+        out.status = status.new
+        out.events = transition_events(status.old, status.new, warning_reasons) + out.events
+    return out
+
+
+def valid_spec(spec_type: type[SpecT], body: dict[str, Any], status: StatusBuilder) -> SpecT | None:
+    """The spec as its model, or None after failing the object with `InvalidSpec` naming the field
+    (what the CRD schema cannot check, e.g. a spec written before a rule existed)."""
+    try:
+        return spec_type.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        status.fail("InvalidSpec", f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+        return None

@@ -87,15 +87,19 @@ def greedy_agreement(reference: list[str], candidate: list[str]) -> float:
     return sum(a.strip() == b.strip() for a, b in zip(reference, candidate)) / max(len(reference), 1)
 
 
-@torch.no_grad()
 def latency_seconds(model, tokenizer, text: str, repeats: int = 10) -> float:
     """Median wall time of one forward pass on one sequence, on this CPU, after a warm-up."""
-    enc = dict(tokenizer(text, return_tensors="pt"))
-    model(**enc)
+    return forward_seconds(model, dict(tokenizer(text, return_tensors="pt")), repeats)
+
+
+@torch.no_grad()
+def forward_seconds(model, inputs: dict, repeats: int = 10) -> float:
+    """Median wall time of `model(**inputs)` after one warm-up call (the median: this CPU is shared)."""
+    model(**inputs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(**enc)
+        model(**inputs)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -19,11 +19,11 @@ import logging
 import platform
 import re
 import shutil
-import statistics
 import time
 from pathlib import Path
 
 from ..errors import BadInputError
+from .evaluate import forward_seconds
 from .models import WEIGHT_SUFFIXES, ModelRef, read_config
 from .stages import StageContext, StageOutcome
 
@@ -190,13 +190,7 @@ def onnx_latency_seconds(folder: Path, task: str, vocab_size: int) -> float:
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if "token_type_ids" in getattr(model, "input_names", {}):
         inputs["token_type_ids"] = torch.zeros_like(ids)
-    model(**inputs)
-    times = []
-    for _ in range(LATENCY_REPEATS):
-        start = time.perf_counter()
-        model(**inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return forward_seconds(model, inputs, LATENCY_REPEATS)
 
 
 def _place_graph(quantized: Path, target: Path, external: bool) -> None:

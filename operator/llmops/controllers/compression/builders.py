@@ -11,7 +11,7 @@ from typing import Any
 
 from ...api import COMPRESSION
 from ...api.compression import LLM_COMPRESSOR_METHODS, ONNX_METHODS, CompressionJobSpec
-from ...runtime.children import TERMINATION_LOG, Location, RunnerPod, child_name, resolve_location, runner_job
+from ...runtime.children import TERMINATION_LOG, Location, RunnerPod, child_name, resolve_location, runner_job, user_pod_options
 from ...settings import Settings
 
 TAG = COMPRESSION.short_names[0]  # cpj: part of every child name, so kinds never collide
@@ -133,11 +133,9 @@ def job(body: dict[str, Any], spec: CompressionJobSpec, config: dict[str, Any], 
     if spec.model.token_secret_ref:
         ref = spec.model.token_secret_ref
         env.append({"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    pod_meta = spec.pod_metadata
     pod = RunnerPod(
         container=CONTAINER,
         image=image(spec, settings),
-        pull_policy=spec.image.pull_policy if spec.image else None,
         module="llmops_runners.compress",
         config=config,
         env=env,
@@ -148,10 +146,8 @@ def job(body: dict[str, Any], spec: CompressionJobSpec, config: dict[str, Any], 
         shared_memory=res.shared_memory,
         locations=locations,
         writable_claim=locations[-1].claim,
-        scheduling=spec.scheduling.to_wire() if spec.scheduling else None,
-        pod_labels=dict(pod_meta.labels) if pod_meta and pod_meta.labels else {},
-        pod_annotations=dict(pod_meta.annotations) if pod_meta and pod_meta.annotations else {},
         ports=(("metrics", settings.runner_metrics_port),),
+        **user_pod_options(spec),
     )
     return runner_job(
         body, job_name(body["metadata"]["name"], attempt), pod, attempt, settings.pvc_mount_root,

@@ -13,14 +13,12 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from pydantic import ValidationError
-
 from ...api import FINETUNE
 from ...api.compression import CompressionJobSpec
 from ...runtime import conditions as cond
 from ...runtime import joblife
 from ...runtime.children import InvalidLocation
-from ...runtime.plan import Plan, StatusBuilder, transition_events
+from ...runtime.plan import Plan, StatusBuilder, finite_plan, valid_spec
 from ...runtime.pods import of_attempt, rank_order, termination_report
 from ...settings import Settings
 from . import builders as build
@@ -45,24 +43,13 @@ class Observed:
 
 
 def plan(observed: Observed, settings: Settings) -> Plan:
-    out = Plan()
-    status = StatusBuilder(observed.body, observed.now)
-    try:
-        if not status.finished:
-            _plan(observed, settings, status, out)
-    finally:
-        out.status = status.new
-        out.events = transition_events(status.old, status.new, WARNING_REASONS) + out.events
-    return out
+    return finite_plan(observed.body, observed.now, WARNING_REASONS, lambda status, out: _plan(observed, settings, status, out))
 
 
 def _plan(observed: Observed, settings: Settings, status: StatusBuilder, out: Plan) -> None:
     body = observed.body
-    try:
-        spec = CompressionJobSpec.model_validate(body.get("spec") or {})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        status.fail("InvalidSpec", f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+    spec = valid_spec(CompressionJobSpec, body, status)
+    if spec is None:
         return
     source = resolve_input(spec, observed.input_job, status)
     if source is None:

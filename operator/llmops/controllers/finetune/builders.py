@@ -20,6 +20,7 @@ from ...runtime.children import (
     metadata,
     resolve_location,
     runner_job,
+    user_pod_options,
 )
 from .preflight import cpu_only, precision
 
@@ -147,11 +148,9 @@ def job(body: dict[str, Any], spec: FineTuneJobSpec, config: dict[str, Any], set
     res = spec.resources
     this_job = job_name(name, attempt)
     locations = [resolve_location(u, settings.pvc_mount_root) for u in (spec.base_model.uri, spec.dataset.uri, spec.output.uri)]
-    pod_meta = spec.pod_metadata
     pod = RunnerPod(
         container=CONTAINER,
         image=(spec.image.image if spec.image and spec.image.image else None) or settings.finetune_image,
-        pull_policy=spec.image.pull_policy if spec.image else None,
         module="llmops_runners.finetune",
         config=config,
         env=_env(body, spec, settings, this_job),
@@ -162,10 +161,8 @@ def job(body: dict[str, Any], spec: FineTuneJobSpec, config: dict[str, Any], set
         shared_memory=res.shared_memory,
         locations=locations,
         writable_claim=locations[-1].claim,
-        scheduling=spec.scheduling.to_wire() if spec.scheduling else None,
-        pod_labels=dict(pod_meta.labels) if pod_meta and pod_meta.labels else {},
-        pod_annotations=dict(pod_meta.annotations) if pod_meta and pod_meta.annotations else {},
         ports=(("metrics", settings.runner_metrics_port),),
+        **user_pod_options(spec),
     )
     return runner_job(
         body, this_job, pod, attempt, settings.pvc_mount_root,

@@ -11,12 +11,10 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from pydantic import ValidationError
-
 from ...api.finetune import FineTuneJobSpec
 from ...runtime import joblife
 from ...runtime.children import InvalidLocation
-from ...runtime.plan import Plan, StatusBuilder, transition_events
+from ...runtime.plan import Plan, StatusBuilder, finite_plan, valid_spec
 from ...settings import Settings
 from . import builders as build
 from .preflight import WARNING_REASONS as PREFLIGHT_WARNINGS
@@ -38,25 +36,13 @@ class Observed:
 
 
 def plan(observed: Observed, settings: Settings) -> Plan:
-    out = Plan()
-    status = StatusBuilder(observed.body, observed.now)
-    try:
-        if not status.finished:  # a finished job stays finished: no re-create loop
-            _plan(observed, settings, status, out)
-    finally:
-        out.status = status.new
-        out.events = transition_events(status.old, status.new, WARNING_REASONS) + out.events
-    return out
+    return finite_plan(observed.body, observed.now, WARNING_REASONS, lambda status, out: _plan(observed, settings, status, out))
 
 
 def _plan(observed: Observed, settings: Settings, status: StatusBuilder, out: Plan) -> None:
     body = observed.body
-    try:
-        spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        status.fail("InvalidSpec", f"spec.{where}: {first['msg']}")
+    spec = valid_spec(FineTuneJobSpec, body, status)
+    if spec is None:
         return
 
     method = status.old.get("selectedMethod")
