@@ -6,8 +6,8 @@ every one of their weights.
 
 - magnitude: the smallest |w| of every Linear in the blocks, each layer to the same fraction, so
   the sparsity over the pruned layers is the target exactly (reported as `achievedSparsity`;
-  the pipeline's `sparsity` counts the same layers: the blocks' Linears). Saved dense: the zeros
-  are in the weights.
+  the pipeline's `sparsity`, models.weight_sparsity, counts the same layers). Per layer rather than
+  global, so no layer is emptied. Saved dense: the zeros are in the weights.
 - 2:4: in every group of 4 consecutive input weights of a row, the 2 smallest are zeroed.
 - attention-heads: the same number of heads is removed from every layer (transformers builds all
   layers from one config, so it cannot reload layers that differ), the least important ones by
