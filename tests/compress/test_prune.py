@@ -184,6 +184,7 @@ def test_recovery_wins_back_what_channel_pruning_cost(classifier, tmp_path):
     assert after > cut
 
 
+@pytest.mark.skipif(not __import__("transformers").__version__.startswith("5."), reason="transformers 4 can prune BERT heads")
 def test_attention_heads_of_bert_under_transformers_5_is_bad_input(classifier, tmp_path):
     """transformers 5 dropped config.pruned_heads and derives BERT's head size from hidden_size."""
     with pytest.raises(BadInputError) as error:

@@ -119,7 +119,7 @@ def _layout(net: nn.Module, layouts, what: str):
         found = [_submodules(block, layout) for block in blocks(net)]
         if all(found):
             return layout, found
-    raise BadInputError(f"{what} does not know the layers of a {_architecture(net)} model; use magnitude or 2:4 pruning.")
+    raise BadInputError(f"{what} knows the layers of Llama-style and BERT-style models, not those of a {_architecture(net)} model.")
 
 
 def _check_reloadable(net: nn.Module, what: str) -> None:
