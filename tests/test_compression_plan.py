@@ -87,9 +87,13 @@ def test_a_failed_finetunejob_fails_this_job_naming_it():
 def test_a_missing_input_waits_and_a_deleted_one_says_so():
     p = plan(observe(body(), None), SETTINGS)
     assert "does not exist yet" in find(p.status["conditions"], "WaitingForInput")["message"]
+    again = plan(observe(body(status=p.status), None), SETTINGS)  # the next pass, still without it: same words
+    assert "does not exist yet" in find(again.status["conditions"], "WaitingForInput")["message"]
     seen = plan(observe(body(), finetunejob("Running")), SETTINGS).status
     p = plan(observe(body(status=seen), None), SETTINGS)
     assert p.status["phase"] == "Pending" and "was deleted" in find(p.status["conditions"], "WaitingForInput")["message"]
+    again = plan(observe(body(status=p.status), None), SETTINGS)
+    assert "was deleted" in find(again.status["conditions"], "WaitingForInput")["message"]
 
 
 def test_inputs_name_the_finetunejob_so_its_changes_reconcile_this_job():
@@ -157,3 +161,11 @@ def test_bad_input_from_the_runner_fails_without_retry():
     started = plan(observe(body(), finetunejob("Succeeded")), SETTINGS).status
     p = plan(observe(body(status=started), finetunejob("Succeeded"), [job_obj("cj-cpj", "Failed")], [pod_obj("Failed", report, 2)]), SETTINGS)
     assert p.status["phase"] == "Failed" and find(p.status["conditions"], "Failed")["reason"] == "InvalidInput" and p.create == []
+
+
+def test_once_started_the_chain_keeps_its_input_when_the_finetunejob_is_deleted():
+    started = plan(observe(body(), finetunejob("Succeeded")), SETTINGS).status
+    p = plan(observe(body(status=started), None, [job_obj("cj-cpj")], [pod_obj("Running")]), SETTINGS)
+    assert p.status["phase"] == "Running" and p.create == []
+    assert find(p.status["conditions"], "WaitingForInput")["reason"] == "InputReady"
+    assert p.status["inputUri"] == "pvc://outputs/ft" and p.status["inputBaseUri"] == "pvc://inputs/base"

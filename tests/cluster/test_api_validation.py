@@ -33,7 +33,7 @@ COMPRESSION = {
     "metadata": {"name": "cj"},
     "spec": {
         "model": {"uri": "pvc://models/base"},
-        "stages": [{"quantize": {"method": "w8a8-int8"}}],
+        "stages": [{"quantize": {"method": "w8a8-int8", "calibration": {"datasetUri": "pvc://data/calib.jsonl"}}}],
         "output": {"uri": "pvc://models/q"},
     },
 }

@@ -55,6 +55,6 @@ def test_the_operator_runs_in_cluster_from_its_image_under_the_charts_rbac(clust
     create(custom, namespace, finetunejob("in-cluster", sim=succeed_with({"status": "Succeeded", "artifactUri": "file:///o"}, "1s")))
     done = wait_phase(custom, namespace, "in-cluster", "Succeeded", timeout=90)
     assert done["result"]["artifactUri"] == "file:///o"
-    assert events(core, namespace, "in-cluster")
+    wait_for(lambda: events(core, namespace, "in-cluster"), what="the operator's events")  # posted asynchronously
     log = cluster.kubectl("logs", "-n", namespace, pod.metadata.name).stdout
     assert "in-cluster" in log and "Forbidden" not in log and "Traceback" not in log, log[-3000:]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from finetune_helpers import condition, create, events, finetunejob, status
 from real_workloads import claim, describe, follow, upload, volume_path
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # tests.helpers

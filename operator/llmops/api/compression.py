@@ -253,7 +253,8 @@ class CompressionJobStatus(CommonStatus):
 
     phase: Phase | None = Field(None, description="Pending, Running, Succeeded, Failed or Suspended.")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job.")
-    input_uri: str | None = Field(None, description="Resolved input model location.")
+    input_uri: str | None = Field(None, description="Resolved input model location (kept once resolved).")
+    input_base_uri: str | None = Field(None, description="Base model of an adapter input, when it came from the FineTuneJob.")
     stages: list[StageStatus] | None = Field(None, description="Per-stage results.")
     progress: str | None = Field(None, description="Stages done / total.")
     start_time: datetime | None = Field(None, description="When the job first ran.")

@@ -91,8 +91,13 @@ def resolve_input(spec: CompressionJobSpec, input_job: dict[str, Any] | None, st
         return build.ResolvedInput(spec.model.uri, spec.model.base_model_uri)
     name = ref.name
     status.new["inputJob"] = name
+    if status.old.get("inputUri"):
+        # Resolved once: the chain keeps that input, whatever becomes of the FineTuneJob (even its deletion).
+        return build.ResolvedInput(status.old["inputUri"], status.old.get("inputBaseUri"))
     if input_job is None:
-        seen = status.old.get("inputUri") or cond.find(status.old.get("conditions"), WAITING_FOR_INPUT)
+        before = cond.find(status.old.get("conditions"), WAITING_FOR_INPUT) or {}
+        # Seen before: we waited for it to run, or said already that it went.
+        seen = before.get("reason") == "InputNotReady" or "was deleted" in before.get("message", "")
         message = (f"FineTuneJob {name} was deleted while this job waited for it" if seen
                    else f"FineTuneJob {name} does not exist yet; waiting for it")
         _wait(status, "InputNotFound", message)
@@ -112,6 +117,8 @@ def resolve_input(spec: CompressionJobSpec, input_job: dict[str, Any] | None, st
         return None
     status.condition(WAITING_FOR_INPUT, False, "InputReady", f"FineTuneJob {name} succeeded: compressing {artifact}")
     base = spec.model.base_model_uri or ((input_job.get("spec") or {}).get("baseModel") or {}).get("uri")
+    if base:
+        status.new["inputBaseUri"] = base
     return build.ResolvedInput(artifact, base)
 
 
