@@ -53,6 +53,18 @@ def run_compress(config: dict, workdir: Path, family: str = "compress", timeout:
     return Run(done.returncode, report, done.stderr, Path(config["output"]["path"]))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For tests that run a stage in this process: two threads on a shared 2-core machine spin
+    against each other, one is several times faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> dict:
     """The fine-tuning tests' tiny Llama and its learnable task (instruction records)."""

@@ -31,13 +31,8 @@ STUDENT = {"studentFromTeacher": {"numLayers": 4, "hiddenSize": 192}, "maxSteps"
 NOISE = 1 / 3  # the share of wrong labels in the distillation data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on a shared 2-core machine spin against each other: one is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# In-process stages run on one torch thread (conftest.one_torch_thread says why).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def distill(model: Path, task: str, settings: dict, out: Path, seed: int = 42):
