@@ -29,7 +29,11 @@ class Settings:
     compress_image: str = "ghcr.io/llmops-dev/runner-compress:0.1.0"
     # ONNX Runtime INT8 needs optimum-onnx, whose transformers pin llm-compressor refuses: its own image.
     compress_onnx_image: str = "ghcr.io/llmops-dev/runner-compress-onnx:0.1.0"
-    serve_image: str = "ghcr.io/llmops-dev/runner-serve:0.1.0"
+    serve_image: str = "ghcr.io/llmops-dev/runner-serve:0.1.0"  # the CPU engine (engine: transformers)
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    # KEDA's Prometheus scaler asks this server for the engine's series (autoscaling with KEDA).
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    adapter_call_timeout: float = 30.0  # seconds for one runtime load/unload of an adapter on a replica
     metrics_port: int = 8000  # the operator's own /metrics
     runner_metrics_port: int = 9400  # the runners' /metrics
     master_port: int = 29500  # torch.distributed rendezvous
@@ -47,6 +51,8 @@ class Settings:
             compress_image=env.get("LLMOPS_COMPRESS_IMAGE", base.compress_image),
             compress_onnx_image=env.get("LLMOPS_COMPRESS_ONNX_IMAGE", base.compress_onnx_image),
             serve_image=env.get("LLMOPS_SERVE_IMAGE", base.serve_image),
+            vllm_image=env.get("LLMOPS_VLLM_IMAGE", base.vllm_image),
+            prometheus_url=env.get("LLMOPS_PROMETHEUS_URL", base.prometheus_url),
             metrics_port=int(env.get("LLMOPS_METRICS_PORT", base.metrics_port)),
             runner_metrics_port=int(env.get("LLMOPS_RUNNER_METRICS_PORT", base.runner_metrics_port)),
             progress_interval=float(env.get("LLMOPS_PROGRESS_INTERVAL", base.progress_interval)),

@@ -87,10 +87,12 @@ INFERENCE = Kind(
     status=InferenceServiceStatus,
     columns=(
         PrinterColumn("Phase", ".status.phase", description="Serving phase."),
-        PrinterColumn("Engine", ".spec.engine", description="Serving engine."),
-        PrinterColumn("GPUs", ".spec.resources.gpus", "integer", "GPUs per replica."),
+        PrinterColumn("URL", ".status.url", description="In-cluster OpenAI-compatible endpoint."),
         PrinterColumn("Ready", ".status.readyReplicas", "integer", "Replicas serving."),
-        PrinterColumn("URL", ".status.url", description="Endpoint."),
+        PrinterColumn("Replicas", ".status.replicas", "integer", "Replicas wanted."),
+        PrinterColumn("Model", ".status.servedModelName", description="Model name clients send."),
+        PrinterColumn("Engine", ".spec.engine", description="Serving engine.", priority=1),
+        PrinterColumn("GPUs", ".spec.resources.gpus", "integer", "GPUs per replica.", priority=1),
         AGE,
     ),
 )

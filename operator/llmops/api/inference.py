@@ -65,8 +65,10 @@ class Autoscaling(ApiModel):
 
     min_replicas: int = Field(1, ge=0, le=1000, description="Fewest replicas (0 allows scale to zero).")
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
-    metric: Literal["concurrency", "rps", "gpu-utilization", "kv-cache-utilization"] = Field(
-        "concurrency", description="Signal scaled on."
+    metric: Literal["concurrency", "waiting-requests", "kv-cache-utilization", "rps"] = Field(
+        "concurrency",
+        description="Signal scaled on, from the server's own series: requests in flight per replica (concurrency), "
+                    "requests queued (waiting-requests), KV-cache usage 0-1 (kv-cache-utilization), or requests/s (rps).",
     )
     target: float = Field(gt=0, description="Target value of the metric per replica.")
 
@@ -107,6 +109,21 @@ class InferenceServiceSpec(ApiModel):
     scheduling: Scheduling | None = Field(None, description="Node selection, tolerations and priority.")
     image: ImageOverride | None = Field(None, description="Server image override.")
     pod_metadata: PodMetadata | None = Field(None, description="Labels and annotations added to the pods (applies to pods created after a change).")
+    startup_timeout_seconds: int = Field(
+        1800, ge=60, le=86400,
+        description="Time a replica may take to load its model before it is restarted (startupProbe budget; "
+                    "no liveness check runs while loading). Big models on slow storage need the generous default.",
+    )
+
+
+class AdapterStatus(ApiModel):
+    """One adapter as the replicas serve it."""
+
+    name: str = Field(description="Model name clients use.")
+    source: str = Field(description="Where it comes from: a URI, or finetunejob/<name>.")
+    uri: str | None = Field(None, description="The adapter's location, once known (kept if its FineTuneJob goes).")
+    state: Literal["Pending", "Loading", "Loaded", "Failed"] = Field(description="Pending (input not ready), Loading, Loaded on every ready replica, or Failed.")
+    message: str | None = Field(None, description="Why it is pending or failed (the server's words).")
 
 
 class InferenceServiceStatus(CommonStatus):
@@ -115,6 +132,11 @@ class InferenceServiceStatus(CommonStatus):
     phase: ServicePhase | None = Field(None, description="Pending, Loading, Ready, Degraded or Failed.")
     url: str | None = Field(None, description="In-cluster URL of the OpenAI-compatible endpoint.")
     model_uri: str | None = Field(None, description="Resolved model location being served.")
+    model_source: str | None = Field(None, description="What spec.model named when modelUri was resolved (a URI, or <kind>/<name>).")
+    model_format: str | None = Field(None, description="compressed-tensors or onnx when the input CompressionJob quantized the model.")
     replicas: int | None = Field(None, description="Replicas wanted.")
     ready_replicas: int | None = Field(None, description="Replicas serving.")
-    adapters: list[str] | None = Field(None, description="Adapters loaded.")
+    served_model_name: str | None = Field(None, description="Model name clients send for the base model.")
+    adapters: list[AdapterStatus] | None = Field(None, description="Each adapter, its source and state.")
+    scaler: Literal["None", "HPA", "KEDA"] | None = Field(None, description="What scales the replicas: nothing (spec.replicas), a HorizontalPodAutoscaler, or a KEDA ScaledObject.")
+    image: str | None = Field(None, description="Server image.")

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from ..runtime.controller import KindController
-from . import compression, finetune
+from . import compression, finetune, inference
 
-CONTROLLERS: list[KindController] = [finetune.CONTROLLER, compression.CONTROLLER]
+CONTROLLERS: list[KindController] = [finetune.CONTROLLER, compression.CONTROLLER, inference.CONTROLLER]

@@ -54,7 +54,8 @@ log = logging.getLogger("llmops.runtime")
 
 APPLIED_HASH_ANNOTATION = f"{PREFIX}/applied-hash"  # what we last applied: unchanged means no write
 PARKED_RECHECK = 2.0  # seconds between looks at keys parked while paused
-ACTIVE_PHASES = ("Pending", "Running", "Suspended")
+# Resynced by the ticker: jobs on their way, and services not (yet) serving everything they should.
+ACTIVE_PHASES = ("Pending", "Running", "Suspended", "Loading", "Degraded")
 REJECTED, FORBIDDEN = "Rejected", "Forbidden"  # reasons for a child the API server refused
 
 
@@ -63,7 +64,7 @@ class KindController:
     """What a kind plugs into the runtime."""
 
     kind: api.Kind
-    children: tuple[str, ...]  # kinds of the children it owns (pods of its Jobs come along)
+    children: tuple[str, ...]  # kinds of the children it owns (pods of its Jobs and Deployments come along)
     observe: Callable[["Context", dict[str, Any], dict[str, list[dict[str, Any]]]], Any]
     plan: Callable[[Any, Settings], Plan]
     # Optional: read progress of an active object off its pods (runs on the ticker's threads).
@@ -159,7 +160,10 @@ class Runtime:
     def watched(self) -> list[tuple[Resource, str | None]]:
         """Every resource the cache follows, with its label selector."""
         ours = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-        child_kinds = sorted({k for c in self.controllers.values() for k in c.children} | {"Pod"})
+        child_kinds = {k for c in self.controllers.values() for k in c.children} | {"Pod"}
+        if "Deployment" in child_kinds:
+            child_kinds.add("ReplicaSet")  # they carry the pod template's labels, ours among them
+        child_kinds = sorted(child_kinds)
         return [(c.resource, None) for c in self.controllers.values()] + [(CHILD_RESOURCES[k], ours) for k in child_kinds]
 
     # -- start-up and the barrier -----------------------------------------------------------
@@ -306,7 +310,11 @@ class Runtime:
     def owned(self, body: dict[str, Any], controller: KindController) -> dict[str, list[dict[str, Any]]]:
         uid = body["metadata"]["uid"]
         found = {kind: self.cache.owned_by(uid, kind) for kind in controller.children}
-        found["Pod"] = [p for child in (found.get("Job") or []) for p in self.cache.owned_by(child["metadata"]["uid"], "Pod")]
+        # Pods hang off Jobs, and off the ReplicaSets of Deployments.
+        pod_owners = list(found.get("Job") or [])
+        for deployment in found.get("Deployment") or []:
+            pod_owners += self.cache.owned_by(deployment["metadata"]["uid"], "ReplicaSet")
+        found["Pod"] = [p for owner in pod_owners for p in self.cache.owned_by(owner["metadata"]["uid"], "Pod")]
         return found
 
     def reconcile(self, key: Key) -> bool:

@@ -52,6 +52,7 @@ class Kube:
         self._nodes_at = 0.0
         self._gpu_memory: dict[str, int] = {}
         self._nodes_lock = threading.Lock()
+        self._served: dict[str, tuple[bool, float]] = {}
         self._events: queue.Queue = queue.Queue()
         for i in range(2):
             threading.Thread(target=self._post_events, name=f"llmops-events-{i}", daemon=True).start()
@@ -182,6 +183,23 @@ class Kube:
                         found[node_labels[GPU_PRODUCT_LABEL]] = int(memory)
                 self._gpu_memory, self._nodes_at = found, time.monotonic()
             return dict(self._gpu_memory)
+
+    def serves(self, resource: Resource, max_age: float = 15.0) -> bool:
+        """Whether the API server serves this resource now (an optional add-on's CRD, e.g. KEDA's),
+        from API discovery, asked again after `max_age` seconds."""
+        with self._nodes_lock:
+            seen = self._served.get(resource.path())
+            if seen is None or time.monotonic() - seen[1] > max_age:
+                base = f"/apis/{resource.group}/{resource.version}" if resource.group else f"/api/{resource.version}"
+                try:
+                    found = any(r.get("name") == resource.plural for r in self.request("GET", base).get("resources") or [])
+                except ApiException as exc:
+                    if exc.status not in (403, 404, 503):
+                        raise
+                    found = False
+                seen = (found, time.monotonic())
+                self._served[resource.path()] = seen
+            return seen[0]
 
     # -- events ----------------------------------------------------------------------
     def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:

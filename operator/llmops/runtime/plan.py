@@ -101,12 +101,14 @@ def finite_plan(body: dict[str, Any], at: datetime, warning_reasons: set[str], s
     return out
 
 
-def valid_spec(spec_type: type[SpecT], body: dict[str, Any], status: StatusBuilder) -> SpecT | None:
+def valid_spec(spec_type: type[SpecT], body: dict[str, Any], status: StatusBuilder,
+               fail: Callable[[str, str], None] | None = None) -> SpecT | None:
     """The spec as its model, or None after failing the object with `InvalidSpec` naming the field
-    (what the CRD schema cannot check, e.g. a spec written before a rule existed)."""
+    (what the CRD schema cannot check, e.g. a spec written before a rule existed). `fail` says it
+    the kind's way; by default the way of a job."""
     try:
         return spec_type.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         first = exc.errors()[0]
-        status.fail("InvalidSpec", f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+        (fail or status.fail)("InvalidSpec", f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
         return None

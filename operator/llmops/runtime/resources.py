@@ -35,10 +35,14 @@ CONFIG_MAP = Resource("ConfigMap", "", "v1", "configmaps")
 SERVICE = Resource("Service", "", "v1", "services")
 POD = Resource("Pod", "", "v1", "pods")
 JOB = Resource("Job", "batch", "v1", "jobs")
+DEPLOYMENT = Resource("Deployment", "apps", "v1", "deployments")
+REPLICA_SET = Resource("ReplicaSet", "apps", "v1", "replicasets")  # read only: a Deployment's pods hang off them
+HPA = Resource("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers")
+SCALED_OBJECT = Resource("ScaledObject", "keda.sh", "v1alpha1", "scaledobjects")  # KEDA, when installed
 EVENT = Resource("Event", "", "v1", "events")
 NODE = Resource("Node", "", "v1", "nodes")
 
-CHILD_RESOURCES = {r.kind: r for r in (CONFIG_MAP, SERVICE, POD, JOB)}
+CHILD_RESOURCES = {r.kind: r for r in (CONFIG_MAP, SERVICE, POD, JOB, DEPLOYMENT, REPLICA_SET, HPA, SCALED_OBJECT)}
 
 
 def of_kind(kind: Kind) -> Resource:
