@@ -124,6 +124,8 @@ def test_image_names_are_the_operators_defaults():
     assert values["runnerImages"]["finetune"] == settings.finetune_image
     assert values["runnerImages"]["compress"] == settings.compress_image
     assert values["runnerImages"]["compressOnnx"] == settings.compress_onnx_image
+    assert values["runnerImages"]["serve"] == settings.serve_image and values["runnerImages"]["vllm"] == settings.vllm_image
+    assert values["prometheusUrl"] == settings.prometheus_url
     for image in images.IMAGES.values():
         assert (REPO / image.dockerfile).is_file()
 

@@ -18,21 +18,9 @@ from llmops_runners.errors import EXIT_BAD_INPUT, EXIT_OK
 @pytest.fixture(scope="session")
 def adapter(tiny_lm, tmp_path_factory) -> Path:
     """A LoRA adapter on the tiny Llama with non-zero B matrices, saved as the fine-tuning runner saves one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tests.helpers.tiny_models import make_lora_adapter
 
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm["model"]),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.05)
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_lm["model"]).save_pretrained(out)
-    return out
+    return make_lora_adapter(tiny_lm["model"], tmp_path_factory.mktemp("adapter") / "adapter")
 
 
 def lm_config(source: Path, out: Path, stages: list[dict], evaluation: dict | None = None, **extra) -> dict:

@@ -18,3 +18,22 @@ def realistic_llama_config(vocab_size: int = 32000):
         max_position_embeddings=2048,
         tie_word_embeddings=False,
     )
+
+
+def make_lora_adapter(base, out, seed: int = 0, scale: float = 0.05):
+    """A LoRA adapter on `base` with non-zero B matrices (so it changes answers), saved as the
+    fine-tuning runner saves one: adapter weights, adapter_config.json naming the base, tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=scale)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
