@@ -3,7 +3,8 @@
 #     (GPU)       docker build -f images/runner.Dockerfile --build-arg EXTRAS=finetune-gpu -t ghcr.io/llmops-dev/runner-finetune-gpu:0.1.0 .
 #   compression:  docker build -f images/runner.Dockerfile --build-arg EXTRAS=compress --build-arg RUNNER=compress -t ghcr.io/llmops-dev/runner-compress:0.1.0 .
 #   (ONNX INT8)   docker build -f images/runner.Dockerfile --build-arg EXTRAS=compress-onnx --build-arg RUNNER=compress -t ghcr.io/llmops-dev/runner-compress-onnx:0.1.0 .
-#   here (buildah, Debian base, no registry): llmops-devcluster images build finetune compress compress-onnx
+#   CPU serving:  docker build -f images/runner.Dockerfile --build-arg EXTRAS=serve --build-arg RUNNER=serve -t ghcr.io/llmops-dev/runner-serve:0.1.0 .
+#   here (buildah, Debian base, no registry): llmops-devcluster images build finetune compress compress-onnx serve
 # The families cannot share one environment (llm-compressor and optimum-onnx pin different
 # transformers), but they share everything below their own dependency layer: the base, g++,
 # and torch with its CUDA wheels (several GB), pinned once by the `runner-torch` extra.

@@ -2,7 +2,8 @@
 # Set up, start the local cluster (real etcd, kube-apiserver, controller-manager, scheduler;
 # kwok GPU nodes; a real CPU node running real containers), build the images, install the
 # CRDs, run the operator, and apply examples/: the GPU examples run on simulated nodes, the
-# CPU example (06) really fine-tunes a tiny model on the real node.
+# CPU examples really run on the real node: 06 fine-tunes a tiny model, 07 merges and prunes it,
+# 05 serves the result with the CPU engine.
 # Stop everything with: .venv/bin/llmops-devcluster down
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +23,9 @@ if $real_node; then
   kubectl wait --for=condition=complete job/make-tiny-inputs --timeout=600s
   kubectl apply -f examples/
 else
-  echo "no real node here: the CPU examples (06, 07) are left out; the GPU examples run on simulated nodes"
+  echo "no real node here: the CPU examples (05, 06, 07) are left out; the GPU examples run on simulated nodes"
   for f in examples/*.yaml; do
-    case "$f" in examples/06-*|examples/07-*) ;; *) kubectl apply -f "$f" ;; esac
+    case "$f" in examples/05-*|examples/06-*|examples/07-*) ;; *) kubectl apply -f "$f" ;; esac
   done
 fi
 echo
@@ -35,6 +36,8 @@ if $real_node; then
   kubectl wait ftj/tiny-cpu-lora --for=jsonpath='{.status.phase}'=Succeeded --timeout=600s
   echo "waiting for tiny-cpu-pruned to merge and prune its output (it waited for the fine-tune)..."
   kubectl wait cpj/tiny-cpu-pruned --for=jsonpath='{.status.phase}'=Succeeded --timeout=600s
+  echo "waiting for tiny-cpu to serve the pruned model on the real node..."
+  kubectl wait lis/tiny-cpu --for=jsonpath='{.status.phase}'=Ready --timeout=300s
 fi
 kubectl get llmops
 echo
@@ -43,5 +46,6 @@ echo
 echo "Cluster and operator left running. Use them with: $(devcluster env)"
 echo "  kubectl describe ftj tiny-cpu-lora              # the real run: conditions, events, result metrics"
 echo "  kubectl describe cpj tiny-cpu-pruned            # the real compression: stage figures, quality gate"
+echo "  kubectl describe lis tiny-cpu                   # the real CPU server: replicas, adapters, URL"
 echo "  kubectl describe ftj tinyllama-support-lora     # a simulated GPU run"
 echo "  .venv/bin/llmops-devcluster down                # stop everything"

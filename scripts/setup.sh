@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs into .venv (idempotent) and build the
 # local control plane's binaries once (cached in ~/.cache/llmops).
-# EXTRAS picks the Python extras (default: dev,finetune).
+# EXTRAS picks the Python extras (default: dev,finetune); every venv gets the runner images'
+# torch (runner-torch), so identical files can be hard-linked across venvs (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,15 +39,19 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[${EXTRAS:-dev,finetune}]"
+.venv/bin/python -m pip install -q -e ".[${EXTRAS:-dev,finetune},runner-torch]"
 # The compression runner families cannot share one environment (llm-compressor and optimum-onnx
-# pin different transformers): each gets the venv its image is built from, and the tests run the
-# runner in it (tests/compress/). LLMOPS_SKIP_RUNNER_VENVS=1 leaves them out.
+# pin different transformers), nor can the serving runner (transformers 4.x for optimum-onnx, beside
+# FastAPI) share the test venv's transformers 5.x: each gets the venv its image is built from, and
+# the tests run the runner in it (tests/compress/, tests/serve/). LLMOPS_SKIP_RUNNER_VENVS=1 leaves them out.
 if [ -z "${LLMOPS_SKIP_RUNNER_VENVS:-}" ]; then
-  for family in compress compress-onnx; do
+  for family in compress compress-onnx serve; do
     [ -x ".venv-$family/bin/python" ] || python3 -m venv ".venv-$family"
     ".venv-$family/bin/python" -m pip install -q --upgrade pip
-    ".venv-$family/bin/python" -m pip install -q -e ".[$family]"
+    ".venv-$family/bin/python" -m pip install -q -e ".[$family,runner-torch]"
+    # One torch (with its CUDA libraries, ~5 GB) per venv would triple the disk a clone needs:
+    # the same files in several venvs become one file with several links (util-linux hardlink).
+    if need hardlink; then hardlink --content --minimum-size 1M --quiet .venv ".venv-$family"; fi
   done
 fi
 .venv/bin/llmops-devcluster build >/dev/null

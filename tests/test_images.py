@@ -117,6 +117,7 @@ def test_image_names_are_the_operators_defaults():
     assert images.IMAGES["finetune"].name == settings.finetune_image
     assert images.IMAGES["compress"].name == settings.compress_image
     assert images.IMAGES["compress-onnx"].name == settings.compress_onnx_image
+    assert images.IMAGES["serve"].name == settings.serve_image
     values = yaml.safe_load((REPO / "charts/llmops/values.yaml").read_text())
     chart = yaml.safe_load((REPO / "charts/llmops/Chart.yaml").read_text())
     assert values["image"]["tag"] in ("", None)
@@ -151,7 +152,7 @@ def test_the_shared_torch_layer_fits_every_runner_family():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     shared = Requirement(pyproject["runner-torch"][0]).specifier
     assert len(pyproject["runner-torch"]) == 1
-    for family in ("finetune", "compress", "compress-onnx"):
+    for family in ("finetune", "compress", "compress-onnx", "serve"):
         wanted = next(Requirement(r).specifier for r in pyproject[family] if Requirement(r).name == "torch")
         # The newest torch the shared range allows must lie in the family's range too.
         newest = shared.filter(["2.4.0", "2.10.0", "2.12.0", "2.14.0", "2.15.0"])

@@ -83,6 +83,7 @@ def test_probes_give_loading_its_whole_budget_and_shm_is_sized_for_tensor_parall
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 3600
     assert c["livenessProbe"]["failureThreshold"] * c["livenessProbe"]["periodSeconds"] < 3600  # short once up
     assert c["readinessProbe"]["httpGet"]["port"] == "http"
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] > 0  # endpoints drop the replica before it stops listening
     volumes = {v["name"]: v for v in kinds(p)["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}  # 8Gi per tensor-parallel GPU
     cpu = kinds(plan(observed(body()), SETTINGS))["Deployment"]["spec"]["template"]["spec"]["volumes"]

@@ -103,6 +103,8 @@ IMAGES: dict[str, Image] = {
     "compress": Image("compress", Settings().compress_image, "images/runner.Dockerfile", {"EXTRAS": "compress", "RUNNER": "compress"}),
     "compress-onnx": Image("compress-onnx", Settings().compress_onnx_image, "images/runner.Dockerfile",
                            {"EXTRAS": "compress-onnx", "RUNNER": "compress"}),
+    # The CPU serving engine (engine: transformers) loads safetensors models and ONNX exports alike.
+    "serve": Image("serve", Settings().serve_image, "images/runner.Dockerfile", {"EXTRAS": "serve", "RUNNER": "serve"}),
 }
 # What `build()` and `load()` do without names: the node needs the pause image and the workloads' images.
 DEFAULT_NAMES = ("pause", *IMAGES)

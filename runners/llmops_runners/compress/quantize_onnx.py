@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..cpu import cpu_flags  # a module global, so tests can stand in another CPU's flags
 from ..errors import BadInputError
 from .evaluate import forward_seconds
 from .models import WEIGHT_SUFFIXES, ModelRef, read_config
@@ -141,15 +142,6 @@ def _quantization_config(excluded: list[str]):
     if cpu_flags() & {"avx512_vnni", "avx_vnni"}:
         return AutoQuantizationConfig.avx512_vnni(**options), "u8s8"
     return AutoQuantizationConfig.avx2(**options), "u8u8"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
 
 
 def excluded_nodes(onnx_file: Path, ignore: list[str]) -> list[str]:

@@ -44,6 +44,7 @@ LORA_MODULES = "lora-modules"  # vLLM's --lora-modules at start, read by the con
 TOKEN_ENV = "HF_TOKEN"
 CONFIG_HASH_ANNOTATION = f"{PREFIX}/server-config"  # what the template serves: a change rolls out
 DEFAULT_MAX_LORAS = 4
+PRE_STOP_SECONDS = 5
 VLLM_CACHE = "/root/.cache"  # the vLLM image runs as root and keeps downloads and compiled kernels here
 
 # The names HPA reads through a Prometheus adapter (`:` is not allowed in custom-metric names),
@@ -204,6 +205,9 @@ def _container(body: dict[str, Any], spec: InferenceServiceSpec, model: ServedMo
         "resources": container_resources(spec.resources.gpus, spec.resources.cpu, spec.resources.memory),
         "volumeMounts": mounts,
         "securityContext": security,
+        # Serve on while the Service's endpoints drop this replica: a request routed to it in
+        # that moment is answered, not refused (the server stops listening only after this).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         **_probes(spec),
     }
     if spec.image and spec.image.pull_policy:
