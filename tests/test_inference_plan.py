@@ -255,3 +255,12 @@ def test_sync_replica_loads_the_missing_unloads_the_extra_and_keeps_the_servers_
     assert out.loaded == {"keep", "new"} and out.failed == {"bad": "p1: No adapter found at /nowhere"}
     down = sync_replica("p2", "10.0.0.2", "base", {"a": "/a"}, 5, lambda *a: (_ for _ in ()).throw(OSError("refused")))
     assert down.unreachable and "refused" in down.unreachable and not down.loaded
+
+
+def test_an_adapter_on_a_claim_a_replica_does_not_mount_waits_for_the_rollout_instead_of_failing():
+    from llmops.controllers.inference import _reachable
+    from llmops.runtime.children import Location
+
+    pod = {"spec": {"volumes": [{"name": "pvc-0", "persistentVolumeClaim": {"claimName": "inputs"}}, {"name": "scratch", "emptyDir": {}}]}}
+    wanted = {"a": Location("/mnt/pvc/inputs/a", "inputs"), "b": Location("/mnt/pvc/outputs/b", "outputs"), "hub": Location("org/x", hub_id=True)}
+    assert _reachable(pod, wanted) == {"a": "/mnt/pvc/inputs/a", "hub": "org/x"}

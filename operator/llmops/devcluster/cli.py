@@ -8,6 +8,8 @@
     llmops-devcluster status         show components and nodes
     llmops-devcluster env            print `export KUBECONFIG=...`
     llmops-devcluster kubectl ARGS   run the matching kubectl against the cluster
+    llmops-devcluster helm ARGS      run the pinned helm against the cluster
+    llmops-devcluster pipeline       follow the CPU examples' fine-tune -> compress -> serve chain, then ask it
     llmops-devcluster down           stop everything and drop the etcd data
     llmops-devcluster images build|load [NAMES...]
                                      build the node's images with buildah / load them into its containerd
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print the KUBECONFIG export")
     kubectl = sub.add_parser("kubectl", help="run kubectl against the cluster")
     kubectl.add_argument("args", nargs=argparse.REMAINDER)
+    helm = sub.add_parser("helm", help="run helm against the cluster")
+    helm.add_argument("args", nargs=argparse.REMAINDER)
+    pipeline = sub.add_parser("pipeline", help="follow the CPU examples' chain until it serves, then ask it the held-out questions")
+    pipeline.add_argument("--namespace", default="default")
+    pipeline.add_argument("--timeout", type=float, default=900, help="seconds to wait for the chain")
     images = sub.add_parser("images", help="build the real node's images (buildah, no registry) or load them into its containerd")
     images.add_argument("action", choices=("build", "load"))
     images.add_argument("names", nargs="*", help="base, pause, operator, finetune or full image names (default: pause operator finetune)")
@@ -80,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
         return proc.returncode
+    elif args.command == "helm":
+        ensure_binaries()
+        return subprocess.run([str(bin_dir() / "helm"), f"--kubeconfig={cluster.kubeconfig}", *args.args], check=False).returncode
+    elif args.command == "pipeline":
+        from .pipeline import run
+
+        return run(cluster, args.namespace, args.timeout)
     return 0
 
 

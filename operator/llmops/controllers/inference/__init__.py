@@ -20,6 +20,7 @@ from ...runtime.controller import Context, KindController
 from ...runtime.resources import SCALED_OBJECT
 from . import builders as build
 from .adapters import sync_replica
+from ...runtime.children import Location
 from ...runtime.plan import StatusBuilder
 from .plan import READY, Observed, fail, plan, resolve_adapters
 
@@ -51,12 +52,19 @@ def observe(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, 
     seen.adapter_jobs = {a.name: ctx.lookup(api.FINETUNE.kind, namespace, a.fine_tune_job.name)
                          for a in spec.adapters or [] if a.fine_tune_job}
     if spec.adapters is not None and (body.get("status") or {}).get("servedModelName"):
-        wanted = {a.name: build.locate(a.uri, ctx.settings).path
+        wanted = {a.name: build.locate(a.uri, ctx.settings)
                   for a in resolve_adapters(spec, seen.adapter_jobs, (body.get("status") or {}).get("adapters")).ready}
         base = body["status"]["servedModelName"]
-        seen.replicas = [sync_replica(pod["metadata"]["name"], pod["status"]["podIP"], base, wanted, ctx.settings.adapter_call_timeout)
+        seen.replicas = [sync_replica(pod["metadata"]["name"], pod["status"]["podIP"], base, _reachable(pod, wanted), ctx.settings.adapter_call_timeout)
                          for pod in owned.get("Pod") or [] if _serving(pod)]
     return seen
+
+
+def _reachable(pod: dict[str, Any], wanted: dict[str, Location]) -> dict[str, str]:
+    """The adapters this replica can read (name -> path): one on a claim it does not mount waits
+    for the replicas of the rollout that mounts it (Loading), instead of failing on a missing path."""
+    mounted = {v["persistentVolumeClaim"]["claimName"] for v in (pod.get("spec") or {}).get("volumes") or [] if v.get("persistentVolumeClaim")}
+    return {name: where.path for name, where in wanted.items() if where.claim is None or where.claim in mounted}
 
 
 def _serving(pod: dict[str, Any]) -> bool:

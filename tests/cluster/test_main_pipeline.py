@@ -1,0 +1,82 @@
+"""The main job, end to end and for real: the README's CPU pipeline through the operator.
+
+The same manifests as the quickstart (examples/local/tiny-inputs.yaml, then 06, 07, 05 and 08):
+a Job makes the tiny model and its task on a claim, a FineTuneJob trains a LoRA adapter on the
+real node, a CompressionJob merges it and quantizes the model to INT8 (ONNX Runtime) behind an
+exact-match quality gate, and two InferenceServices serve the compressed model and the base with
+the raw adapter. `llmops-devcluster pipeline` follows it and asks the held-out questions through
+the Services with the openai client, as here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from finetune_helpers import GROUP, VERSION
+from real_workloads import describe, volume_path
+from waiting import wait_for
+
+from llmops.devcluster import pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = ["06-finetunejob-cpu.yaml", "07-compressionjob-cpu.yaml", "05-inferenceservice-cpu.yaml", "08-inferenceservice-cpu-adapter.yaml"]
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def images(node_images):
+    return node_images("finetune", "compress-onnx", "serve")
+
+
+def test_finetune_compress_serve_really_runs_and_the_answers_show_the_finetuning(images, cluster, custom, core, namespace, operator):
+    cluster.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "local" / "tiny-inputs.yaml"))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=complete", "job/make-tiny-inputs", "--timeout=600s")
+    for manifest in MANIFESTS:
+        cluster.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / manifest))
+
+    def get(plural, name):
+        try:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except Exception:  # noqa: BLE001 - not created yet
+            return None
+
+    outcome = pipeline.watch(get, timeout=900, interval=2)
+    diagnose = "\n".join(describe(core, namespace, name, []) for name in (pipeline.FINETUNE, pipeline.COMPRESS, pipeline.SERVE))
+    assert outcome.ok, outcome.why + "\n" + diagnose
+    tuned, compressed = (outcome.objects[n]["status"] for n in (pipeline.FINETUNE, pipeline.COMPRESS))
+    served, base = (outcome.objects[n]["status"] for n in (pipeline.SERVE, pipeline.SERVE_BASE))
+    assert (tuned["phase"], compressed["phase"], served["phase"], base["phase"]) == ("Succeeded", "Succeeded", "Ready", "Ready")
+
+    # Each artifact is where its status says.
+    outputs = volume_path(core, namespace, "tiny-outputs")
+    adapter = outputs / tuned["result"]["artifactUri"].removeprefix("pvc://tiny-outputs/")
+    model = outputs / compressed["artifactUri"].removeprefix("pvc://tiny-outputs/")
+    assert (adapter / "adapter_config.json").is_file() and (model / "model.onnx").is_file()
+    assert served["modelUri"] == compressed["artifactUri"] and served["modelFormat"] == "onnx"
+    assert base["adapters"] == [{"name": pipeline.FINETUNE, "source": f"finetunejob/{pipeline.FINETUNE}",
+                                 "uri": tuned["result"]["artifactUri"], "state": "Loaded", "message": "on 1 replica(s)"}]
+
+    # The compression figures in status are the ones the runner measured and wrote beside the model.
+    measured = json.loads((model / "compression.json").read_text())
+    for key in ("sizeRatio", "qualityBefore", "qualityAfter", "qualityDrop"):
+        assert compressed["metrics"][key] == pytest.approx(measured["metrics"][key]), key
+    assert compressed["qualityGate"]["passed"] is True and compressed["qualityGate"]["metric"] == "exact-match"
+
+    # The served models answer, through their Services, and the answers show the fine-tuning.
+    records = pipeline.held_out_questions(cluster, namespace)
+    questions = [r["instruction"] for r in records]
+    def accuracy(service, model_name):
+        answers = pipeline.ask(cluster, namespace, service, model_name, questions)
+        assert all(isinstance(a, str) for a in answers) and len(answers) == len(records)
+        return sum(a == r["output"] for a, r in zip(answers, records)) / len(records)
+
+    base_accuracy = accuracy(pipeline.SERVE_BASE, pipeline.BASE_NAME)
+    adapter_accuracy = accuracy(pipeline.SERVE_BASE, pipeline.FINETUNE)
+    compressed_accuracy = accuracy(pipeline.SERVE, pipeline.SERVE)
+    print(f"held-out accuracy: base {base_accuracy:.2f}, adapter {adapter_accuracy:.2f}, merged INT8 {compressed_accuracy:.2f}")
+    assert adapter_accuracy >= base_accuracy + 0.4 and compressed_accuracy >= base_accuracy + 0.4
+    # What the gate measured in the runner is what the Service answers (same greedy decoding, same questions).
+    assert compressed_accuracy == pytest.approx(compressed["qualityGate"]["after"], abs=0.13)
