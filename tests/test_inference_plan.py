@@ -264,3 +264,18 @@ def test_an_adapter_on_a_claim_a_replica_does_not_mount_waits_for_the_rollout_in
     pod = {"spec": {"volumes": [{"name": "pvc-0", "persistentVolumeClaim": {"claimName": "inputs"}}, {"name": "scratch", "emptyDir": {}}]}}
     wanted = {"a": Location("/mnt/pvc/inputs/a", "inputs"), "b": Location("/mnt/pvc/outputs/b", "outputs"), "hub": Location("org/x", hub_id=True)}
     assert _reachable(pod, wanted) == {"a": "/mnt/pvc/inputs/a", "hub": "org/x"}
+
+
+def test_something_else_answering_on_the_port_is_unreachable_not_a_crash():
+    # A simulated pod's fake IP can land on another server (an operator's own metrics page).
+    out = sync_replica("p", "127.1.0.5", "base", {"a": "/a"}, 5, lambda *a: "# HELP llmops_reconciles_total ...")
+    assert out.unreachable and "not an OpenAI" in out.unreachable and not out.loaded
+
+
+def test_the_cache_keeps_the_claims_a_pod_mounts():
+    from llmops.runtime.cache import slim
+
+    pod = {"kind": "Pod", "metadata": {"name": "p", "managedFields": [{}]},
+           "spec": {"nodeName": "n", "containers": [{"name": "c"}], "volumes": [
+               {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "outputs", "readOnly": True}}, {"name": "tmp", "emptyDir": {}}]}}
+    assert slim(pod)["spec"] == {"nodeName": "n", "volumes": [{"name": "pvc-0", "persistentVolumeClaim": {"claimName": "outputs"}}]}

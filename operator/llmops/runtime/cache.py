@@ -42,11 +42,16 @@ def controller_uid(obj: dict[str, Any]) -> str | None:
 
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """A copy without what no plan reads: managedFields everywhere, a Job's pod template,
-    a Pod's spec but its node. At a thousand jobs this is most of the operator's memory."""
+    a Pod's spec but its node and the claims it mounts (a server replica can load an adapter
+    only from those). At a thousand jobs this is most of the operator's memory."""
     out = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "managedFields"}}
     spec = obj.get("spec") or {}
     if obj.get("kind") == "Pod":
         out["spec"] = {"nodeName": spec["nodeName"]} if spec.get("nodeName") else {}
+        claims = [{"name": v["name"], "persistentVolumeClaim": {"claimName": v["persistentVolumeClaim"]["claimName"]}}
+                  for v in spec.get("volumes") or [] if v.get("persistentVolumeClaim")]
+        if claims:
+            out["spec"]["volumes"] = claims
     elif obj.get("kind") == "Job":
         out["spec"] = {k: v for k, v in spec.items() if k != "template"}
     return copy.deepcopy(out)

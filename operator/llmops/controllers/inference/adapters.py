@@ -64,8 +64,12 @@ def _error_text(text: str) -> str:
 
 
 def served_adapters(models: Any, base: str) -> set[str]:
-    """Adapter names in a `/v1/models` reply: every model but the base (vLLM marks them with `parent`)."""
-    return {m["id"] for m in (models or {}).get("data", []) if m.get("id") != base}
+    """Adapter names in a `/v1/models` reply: every model but the base (vLLM marks them with `parent`).
+    ValueError for anything else answering on that address (not an OpenAI server)."""
+    data = models.get("data") if isinstance(models, dict) else None
+    if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
+        raise ValueError(f"not an OpenAI /v1/models reply: {str(models)[:80]!r}")
+    return {m["id"] for m in data if m["id"] != base}
 
 
 def sync_replica(pod_name: str, ip: str, base: str, wanted: dict[str, str], timeout: float, call: Call = http_call) -> ReplicaAdapters:
