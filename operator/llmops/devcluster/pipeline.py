@@ -124,12 +124,17 @@ def ask(cluster: LocalCluster, namespace: str, service: str, model: str, questio
     return json.loads(done.stdout)
 
 
+def printable(text: str) -> str:
+    """An untrained model's answer is any byte-level tokens: keep the table readable."""
+    return "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
+
+
 def answers_table(records: list[dict[str, str]], columns: dict[str, list[str]], shown: int = 6) -> list[str]:
     """The first questions with each model's answer, and every model's accuracy over all of them."""
     names = list(columns)
     lines = [f"{'question':<42} {'expected':<9} " + " ".join(f"{n:<16}" for n in names)]
     for i, record in enumerate(records[:shown]):
-        lines.append(f"{record['instruction'][:41]:<42} {record['output']:<9} " + " ".join(f"{columns[n][i][:15]:<16}" for n in names))
+        lines.append(f"{record['instruction'][:41]:<42} {record['output']:<9} " + " ".join(f"{printable(columns[n][i])[:15]:<16}" for n in names))
     accuracy = {n: sum(a == r["output"] for a, r in zip(columns[n], records)) / len(records) for n in names}
     lines.append(f"{'held-out accuracy (' + str(len(records)) + ' questions)':<52} " + " ".join(f"{accuracy[n]:<16.2f}" for n in names))
     return lines
@@ -180,7 +185,7 @@ def run(cluster: LocalCluster, namespace: str = "default", timeout: float = 900,
     chat = ask(cluster, namespace, SERVE, SERVE, [questions[0]])[0]
     width = min(shutil.get_terminal_size().columns, 120)
     print("\n" + "-" * width, file=out)
-    print(f"chat through the Service {SERVE}-lis (openai client): {questions[0]!r} -> {chat!r}\n", file=out)
+    print(f"chat through the Service {SERVE}-lis (openai client): {questions[0]!r} -> {printable(chat)!r}\n", file=out)
     print("\n".join(answers_table(records, columns)), file=out)
     print("\ncompression (" + COMPRESS + "): " + "; ".join(compression_figures(outcome.objects[COMPRESS])), file=out)
     print("\n" + cluster.kubectl("get", "llmops", "-n", namespace).stdout, file=out)
