@@ -49,9 +49,11 @@ if [ -z "${LLMOPS_SKIP_RUNNER_VENVS:-}" ]; then
     [ -x ".venv-$family/bin/python" ] || python3 -m venv ".venv-$family"
     ".venv-$family/bin/python" -m pip install -q --upgrade pip
     ".venv-$family/bin/python" -m pip install -q -e ".[$family,runner-torch]"
-    # One torch (with its CUDA libraries, ~5 GB) per venv would triple the disk a clone needs:
-    # the same files in several venvs become one file with several links (util-linux hardlink).
-    if need hardlink; then hardlink --content --minimum-size 1M --quiet .venv ".venv-$family"; fi
   done
+  # One torch (with its CUDA libraries, ~5 GB) per venv would quadruple the disk a clone needs:
+  # the same files in every venv become one file with several links (util-linux hardlink). One
+  # call over all of them: pairwise calls re-point .venv's file at each new copy in turn and leave
+  # the earlier venvs with copies of their own.
+  if need hardlink; then hardlink --content --minimum-size 1M --quiet .venv .venv-compress .venv-compress-onnx .venv-serve; fi
 fi
 .venv/bin/llmops-devcluster build >/dev/null
