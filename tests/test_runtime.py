@@ -262,3 +262,36 @@ def test_a_read_answered_before_a_deletion_does_not_bring_the_object_back():
     cache.drop("Job", "ns", "j", version=13)  # the DELETED event came first
     assert not cache.put(obj("Job", "j", 12, owner="p"))  # then a GET's answer from just before it
     assert cache.get("Job", "ns", "j") is None
+
+
+class PruningKube:
+    """An API server whose CRD schema lacks `attempt`: it drops it from every status write."""
+
+    def __init__(self):
+        self.patches = []
+
+    def patch_status(self, resource, namespace, name, patch, resource_version):
+        self.patches.append(patch)
+        stored = {k: v for k, v in patch.items() if k != "attempt"}
+        return {**obj(resource.kind, name, 2), "status": stored}
+
+    def event(self, *args):
+        pass
+
+    def flush_events(self):
+        pass
+
+
+def test_a_status_field_the_server_prunes_is_written_once_not_forever():
+    # The CompressionJob schema lacked attempt/restarts: each reconcile wrote them again, its own
+    # write woke it, and the operator patched a finished job ~30 times a second.
+    kube = PruningKube()
+    runtime = Runtime(CONTROLLERS, Settings(progress_interval=3600), kube=kube, namespaces=["ns"])
+    controller = runtime.controllers["CompressionJob"]
+    status = {"phase": "Succeeded", "attempt": 0}
+    body = {**obj("CompressionJob", "c", 1), "apiVersion": "llmops.dev/v1alpha1", "status": {}}
+    runtime._write_status(controller, body, status, [])
+    stored = runtime.cache.get("CompressionJob", "ns", "c")
+    runtime._write_status(controller, stored, status, [])
+    assert kube.patches == [{"phase": "Succeeded", "attempt": 0}]
+    runtime.stop()

@@ -224,10 +224,22 @@ def targets(root: Path) -> dict[Path, str]:
         files[root / "crds" / name] = text
         files[chart / "crds" / name] = text
     files[chart / "files" / "clusterrole-rules.yaml"] = HEADER + yaml.safe_dump(CLUSTER_RULES, sort_keys=False, width=120)
-    # Helm reads only files inside the chart: copies of dashboards/ (the place people edit them).
-    files[chart / "files" / "alerts.yaml"] = (root / "dashboards" / "alerts.yaml").read_text()
-    for board in sorted((root / "dashboards").glob("*.json")):
-        files[chart / "files" / "dashboards" / board.name] = board.read_text()
+    files.update(observability_files(root))
+    return files
+
+
+def observability_files(root: Path) -> dict[Path, str]:
+    """Dashboards and alerts, from code: for a plain Prometheus/Grafana under dashboards/, and the
+    chart's copies (Helm reads only files inside the chart); the metrics catalogue's page."""
+    from .observability import alerts, catalogue, dashboards  # dev-only libraries: not at the operator's run time
+
+    chart_files = root / "charts" / "llmops" / "files"
+    files = {root / "dashboards" / "alerts.yaml": alerts.render(alerts.SEEDS),
+             chart_files / "alerts.yaml": alerts.render(alerts.PLACEHOLDERS),
+             root / "docs" / "metrics.md": catalogue.markdown()}
+    for name, text in dashboards.rendered().items():
+        files[root / "dashboards" / name] = text
+        files[chart_files / "dashboards" / name] = text
     return files
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -15,6 +13,7 @@ from kubernetes import client
 from conftest import OperatorProcess
 from finetune_helpers import create, events, finetunejob, succeed_with, wait_phase
 from llmops.devcluster.build import bin_dir
+from llmops.observability import dashboards
 from llmops.rbac import CLUSTER_RULES
 from waiting import wait_for
 
@@ -43,25 +42,15 @@ def test_chart_lints_and_renders_what_it_promises():
     images = {kind: env[f"LLMOPS_{kind.upper()}_IMAGE"] for kind in ("finetune", "compress", "serve")}
     assert images == {kind: f"ghcr.io/llmops-dev/runner-{kind}:0.1.0" for kind in images}  # one runner image per kind
     assert env["LLMOPS_WORKERS"] == "32"
-    dashboard = kinds["ConfigMap"]
-    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    board = json.loads(dashboard["data"]["llmops.json"])
-    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
-    for series in ("llmops_reconcile_total", "llmops_finetune_loss", "llmops_finetune_tokens_per_second", "llmops_finetune_gpu_memory_used_bytes"):
-        assert series in exprs
+    # One ConfigMap per generated dashboard, labelled for Grafana's sidecar, holding exactly the generator's JSON.
+    boards = {key: value for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"
+              for key, value in d["data"].items()}
+    assert boards == dashboards.rendered()
     alerts = [r["alert"] for g in kinds["PrometheusRule"]["spec"]["groups"] for r in g["rules"]]
     assert "LlmopsReconcileErrors" in alerts and "LlmopsTrainingStalled" in alerts
     # Two replicas: no --standalone, so they peer and one stands by.
     ha = {d["kind"]: d for d in render("replicas=2")}
     assert "--standalone" not in ha["Deployment"]["spec"]["template"]["spec"]["containers"][0].get("args", [])
-
-
-def test_alert_rules_pass_promtool():
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (scripts/setup.sh installs Debian's prometheus package)")
-    out = subprocess.run([promtool, "check", "rules", str(CHART / "files" / "alerts.yaml")], capture_output=True, text=True)
-    assert out.returncode == 0 and "SUCCESS: 5 rules found" in out.stdout, out.stdout + out.stderr
 
 
 def test_rendered_chart_is_accepted_by_the_api_server(cluster, namespace):
@@ -130,7 +119,7 @@ def test_peering_second_replica_stands_by_then_takes_over(cluster, custom, names
         wait_phase(custom, namespace, "first", "Succeeded")
         # The paused replica did nothing: no reconcile, no write (whatever Kopf's watch delivered meanwhile).
         assert 'llmops_reconcile_total{kind="FineTuneJob",result="success"}' in active.metrics()
-        assert "llmops_reconcile_total{" not in standby.metrics() and "llmops_api_writes_total{" not in standby.metrics()
+        assert _counted(standby.metrics(), "llmops_reconcile_total") == 0 and "llmops_api_writes_total{" not in standby.metrics()
         active.kill(signal.SIGTERM)  # a graceful exit withdraws from the peering at once
         wait_for(lambda: "Resuming operations" in standby.log_tail(10**6), timeout=60, what="standby resumes")
         create(custom, namespace, finetunejob("second", sim=succeed_with({"status": "Succeeded"}, "1s")))
@@ -138,3 +127,8 @@ def test_peering_second_replica_stands_by_then_takes_over(cluster, custom, names
     finally:
         active.kill(signal.SIGTERM)
         standby.kill(signal.SIGTERM)
+
+
+def _counted(exposition: str, counter: str) -> float:
+    """The sum of a counter's samples (counters start at zero for every kind, so presence says nothing)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(counter + "{"))

@@ -8,6 +8,7 @@ test_real_compression.py.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -70,11 +71,21 @@ def test_waits_for_its_finetunejob_then_compresses_its_output(custom, core, batc
     assert condition(done, "WaitingForInput")["status"] == "False"
     assert done["stages"] == [{"name": "quantize-0", "phase": "Succeeded", "metrics": {"sizeBytesAfter": 1000.0}}]
     assert done["metrics"]["sizeRatio"] == 0.31 and done["qualityGate"]["passed"] is True and done["progress"] == "1/1"
+    assert (done["attempt"], done["restarts"]) == (0, 0)  # kept: the schema has them (it once pruned them)
     job = batch.read_namespaced_job("small-cpj", namespace)
     config = json.loads(job.spec.template.metadata.annotations["llmops.dev/runner-config"])
     assert config["model"]["path"] == "/output/tuned" and config["model"]["basePath"] == "/models/tiny"  # the FineTuneJob's base
     container = job.spec.template.spec.containers[0]
     assert container.resources.limits["nvidia.com/gpu"] == "1" and container.image.endswith("runner-compress:0.1.0")
+
+    # Once finished it is written no more: a status field its schema lacked (attempt, restarts) was
+    # pruned by the API server, and the operator patched it again ~30 times a second.
+    def status_writes() -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in operator.metrics().splitlines()
+                   if line.startswith("llmops_api_writes_total{") and 'resource="compressionjobs"' in line)
+    before = status_writes()
+    time.sleep(3)
+    assert status_writes() == before
 
 
 def test_a_failed_finetunejob_fails_the_compressionjob_naming_it(custom, core, namespace, operator):

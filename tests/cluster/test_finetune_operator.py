@@ -192,7 +192,7 @@ def test_operator_metrics_count_reconciles(custom, namespace, operator):
     wait_phase(custom, namespace, "m", "Succeeded")
     assert reconciles() > before
     text = operator.metrics()
-    assert 'llmops_objects{kind="FineTuneJob",phase="Succeeded"} 1.0' in text
+    assert f'llmops_object_phase{{kind="FineTuneJob",name="m",namespace="{namespace}",phase="Succeeded"}} 1.0' in text
     assert "llmops_reconcile_duration_seconds_bucket" in text
 
 

@@ -6,19 +6,31 @@ real node, a CompressionJob merges it and quantizes the model to INT8 (ONNX Runt
 exact-match quality gate, and two InferenceServices serve the compressed model and the base with
 the raw adapter. `llmops-devcluster pipeline` follows it and asks the held-out questions through
 the Services with the openai client, as here.
+
+A real Prometheus scrapes it all the while: the operator, and every workload pod through the
+chart's PodMonitor (its relabeling included). At the end every dashboard is rendered from that
+Prometheus (the pictures land in the test's folder; the README's come from such a run), and every
+panel over our own series must have data.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from finetune_helpers import GROUP, VERSION
+import yaml
+from finetune_helpers import GROUP, VERSION, create, finetunejob
 from real_workloads import describe, volume_path
 from waiting import wait_for
 
 from llmops.devcluster import pipeline
+from llmops.devcluster.build import bin_dir
+from llmops.observability import catalogue
+from tests.helpers.dashboards import problems, render_all
+from tests.helpers.prometheus import PodDiscovery, Prometheus, podmonitor_scrape_configs
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = ["06-finetunejob-cpu.yaml", "07-compressionjob-cpu.yaml", "05-inferenceservice-cpu.yaml", "08-inferenceservice-cpu-adapter.yaml"]
@@ -31,7 +43,25 @@ def images(node_images):
     return node_images("finetune", "compress-onnx", "serve")
 
 
-def test_finetune_compress_serve_really_runs_and_the_answers_show_the_finetuning(images, cluster, custom, core, namespace, operator):
+@pytest.fixture
+def prometheus(core, namespace, operator, tmp_path):
+    chart = subprocess.run([str(bin_dir() / "helm"), "template", "llmops", str(REPO / "charts" / "llmops"), "--set", "metrics.podMonitor.enabled=true"],
+                           capture_output=True, text=True, check=True).stdout
+    podmonitor = next(d for d in yaml.safe_load_all(chart) if d and d["kind"] == "PodMonitor")
+    discovery = PodDiscovery(core, namespace)
+    scrape = [{"job_name": "llmops-operator", "static_configs": [{"targets": [f"127.0.0.1:{operator.metrics_port}"]}]},
+              *podmonitor_scrape_configs(podmonitor, discovery)]
+    with discovery, Prometheus(tmp_path / "prometheus", scrape, rule_files=[REPO / "dashboards" / "alerts.yaml"]) as prom:
+        yield prom
+
+
+def test_finetune_compress_serve_really_runs_and_the_answers_show_the_finetuning(images, cluster, custom, core, namespace, operator,
+                                                                                 prometheus, tmp_path):
+    started = time.time()
+    # One simulated job (kwok) that fails, so the failure panels and series have something to show.
+    doomed = {"outcome": "fail", "exit-code": "2", "duration": "1s",
+              "message": json.dumps({"status": "Failed", "reason": "InvalidInput", "message": "Dataset record 7 is not JSON."})}
+    create(custom, namespace, finetunejob("doomed", sim=doomed))
     cluster.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "local" / "tiny-inputs.yaml"))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=complete", "job/make-tiny-inputs", "--timeout=600s")
     for manifest in MANIFESTS:
@@ -80,3 +110,15 @@ def test_finetune_compress_serve_really_runs_and_the_answers_show_the_finetuning
     assert adapter_accuracy >= base_accuracy + 0.4 and compressed_accuracy >= base_accuracy + 0.4
     # What the gate measured in the runner is what the Service answers (same greedy decoding, same questions).
     assert compressed_accuracy == pytest.approx(compressed["qualityGate"]["after"], abs=0.13)
+
+    # What Prometheus saw of all this, through every dashboard: pod series carry the resource label
+    # the PodMonitor's relabeling sets, and every panel over our own series has data.
+    for series, resource in ((f'llmops_finetune_step{{finetunejob="{pipeline.FINETUNE}"}}', "training"),
+                             (f'llmops_compress_stage{{compressionjob="{pipeline.COMPRESS}"}}', "compression"),
+                             (f'vllm:generation_tokens_total{{inferenceservice="{pipeline.SERVE}"}}', "serving")):
+        assert prometheus.query(f"last_over_time({series}[1h])"), f"no {resource} series labelled with its resource: {series}"
+    time.sleep(3)  # the last answers' series scraped
+    results = render_all(prometheus.url, started, time.time(), {"namespace": namespace}, tmp_path / "dashboards")
+    ours = catalogue.our_names() - catalogue.GPU_ONLY
+    assert not problems(results, lambda reads: bool(reads) and reads <= ours | {"up"}), problems(results, lambda r: bool(r) and r <= ours | {"up"})
+    print("dashboards rendered to", tmp_path / "dashboards")

@@ -124,7 +124,7 @@ def test_objects_deleted_while_paused_leave_the_cache(cluster, custom, core, bat
             raise AssertionError(f"{exc}\noperator log:\n{ours[-12000:]}") from None
         assert new_job
         wait_phase(custom, namespace, "keep", "Running", timeout=60)
-        wait_for(lambda: 'llmops_objects{kind="FineTuneJob",phase="Running"} 1.0' in operator.metrics(), timeout=30,
+        wait_for(lambda: 'name="drop"' not in operator.metrics() and 'name="keep",namespace' in operator.metrics(), timeout=30,
                  what="the deleted FineTuneJob left the gauges")
     finally:
         operator.kill()

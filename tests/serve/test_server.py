@@ -211,7 +211,9 @@ def test_metrics_count_requests_tokens_and_errors_under_vllms_names(client, http
     grew("vllm:request_queue_time_seconds_count", 1)
     grew("vllm:inter_token_latency_seconds_count", got.usage.completion_tokens - 1)
     grew("vllm:time_per_output_token_seconds_count", got.usage.completion_tokens - 1)
-    grew("llmops_serve_request_errors_total", 1, status_code="400")
+    for status in ("2xx", "4xx"):  # vLLM's HTTP series: one good request, one refused
+        requests = [metric(text, "http_requests_total", handler="/v1/completions", method="POST", status=status) for text in (before, after)]
+        assert requests[1] - requests[0] == 1, (status, requests)
     for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
         assert f'{gauge}{{model_name="{SERVED}"}} 0.0' in after
 

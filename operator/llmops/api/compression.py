@@ -253,6 +253,8 @@ class CompressionJobStatus(CommonStatus):
 
     phase: Phase | None = Field(None, description="Pending, Running, Succeeded, Failed or Suspended.")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job.")
+    restarts: int | None = Field(None, description="Pod restarts counted against backoffLimit.")
+    attempt: int | None = Field(None, description="Index of the current attempt (restarts plus uncounted retries after disruptions).")
     input_uri: str | None = Field(None, description="Resolved input model location (kept once resolved).")
     input_base_uri: str | None = Field(None, description="Base model of an adapter input, when it came from the FineTuneJob.")
     stages: list[StageStatus] | None = Field(None, description="Per-stage results.")

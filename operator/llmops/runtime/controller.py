@@ -73,6 +73,8 @@ class KindController:
     refused: Callable[[StatusBuilder, str, bool], None] | None = None
     # Optional: the keys of our objects this one reads (its inputs); their changes reconcile it.
     inputs: Callable[[dict[str, Any]], list[Key]] | None = None
+    # Optional: the numbers its status reports, as (stage or "", figure, value), exported as llmops_status_figure.
+    figures: Callable[[dict[str, Any]], list[metrics.Figure]] | None = None
 
     @property
     def resource(self) -> Resource:
@@ -140,6 +142,7 @@ class Runtime:
         self.parked: set[Key] = set()  # keys that came while paused: reconciled once we act again
         self._inputs: dict[Key, tuple[Key, ...]] = {}  # object → the objects it reads
         self._dependents: dict[Key, set[Key]] = {}  # object → the objects that read it
+        self._unwritable: dict[str, set[str]] = {}  # kind → status fields its CRD schema prunes
         self._lock = threading.Lock()
         self._ticked_at = 0.0
         self._was_paused = False
@@ -149,6 +152,9 @@ class Runtime:
         self.queue = WorkQueue(self._handle, workers=settings.workers, name="llmops-reconcile", first_only=settings.workers // 4)
         self._creates = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llmops-create")
         self._scrapes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmops-scrape")
+        metrics.watch_queue(self.queue.depth)
+        for kind in self.controllers:
+            metrics.count_kind(kind)
 
     @property
     def kube(self) -> Kube:
@@ -356,6 +362,8 @@ class Runtime:
     def _write_status(self, controller: KindController, body: dict[str, Any], status: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
         meta = body["metadata"]
         old = body.get("status") or {}
+        kind = controller.kind.kind
+        status = {k: v for k, v in status.items() if k not in self._unwritable.get(kind, ())}
         if status != old:
             try:
                 updated = self.kube.patch_status(controller.resource, meta["namespace"], meta["name"], merge_patch(old, status), meta.get("resourceVersion"))
@@ -367,13 +375,24 @@ class Runtime:
                 raise _Stale() from None
             if updated:
                 self.cache.put(updated)
+                self._note_dropped(kind, status, updated.get("status") or {})
             # Our own write comes back as a watch event the cache already holds: tell the readers here.
             self._wake_dependents((controller.kind.kind, meta["namespace"], meta["name"]))
         for type_, reason, message in events:
             self.kube.event(body, type_, reason, message)
         phase = status.get("phase")
-        metrics.observe_object(controller.kind.kind, meta["namespace"], meta["name"], phase, status.get("gpus") or 0)
+        figures = controller.figures(status) if controller.figures else []
+        metrics.observe_object(controller.kind.kind, meta["namespace"], meta["name"], status, figures)
         self._track((controller.kind.kind, meta["namespace"], meta["name"]), phase)
+
+    def _note_dropped(self, kind: str, wanted: dict[str, Any], stored: dict[str, Any]) -> None:
+        """Fields the API server pruned from a status write: its CRD schema lacks them (our bug).
+        Left in, every reconcile would write them again and be woken by its own write."""
+        dropped = {k for k, v in wanted.items() if v is not None and k not in stored}
+        if dropped:
+            self._unwritable.setdefault(kind, set()).update(dropped)
+            log.error("the API server dropped %s from a %s status: the CRD's status schema lacks them; no longer writing them",
+                      sorted(dropped), kind)
 
     # -- children ------------------------------------------------------------------------------------
     def _apply_children(self, body: dict[str, Any], result: Plan) -> bool:

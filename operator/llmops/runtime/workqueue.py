@@ -81,6 +81,11 @@ class WorkQueue:
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), key))
             self._delays_changed.notify()
 
+    def depth(self) -> int:
+        """Keys waiting for a worker (not those being reconciled or waiting out a retry delay)."""
+        with self._cond:
+            return len(self._queued)
+
     def open(self) -> None:
         with self._cond:
             self._open = True

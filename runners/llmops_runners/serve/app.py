@@ -15,6 +15,7 @@ from typing import AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import prompts, responses
@@ -41,7 +42,9 @@ def create_app(config: ServeConfig, on_fatal: Callable[[int, str], None]) -> Fas
         server.stop()
 
     app = FastAPI(title="llmops serve (OpenAI-compatible)", lifespan=lifespan)
-    app.add_middleware(ErrorCounter, metrics=metrics)
+    # vLLM's own HTTP series (http_requests_total by handler and status class, durations), from the
+    # library vLLM uses: the same error-rate queries and alerts read both servers.
+    Instrumentator(excluded_handlers=list(UNCOUNTED_PATHS), registry=metrics.registry).instrument(app)
     _error_handlers(app)
 
     @app.get("/health")
@@ -228,25 +231,3 @@ def validation_error(errors: list[dict]) -> APIError:
 def _union_member(part) -> bool:
     return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "dict", "list"))
 
-
-class ErrorCounter:
-    """Counts 4xx and 5xx responses by status (llmops_serve_request_errors_total); a plain ASGI
-    middleware, so streamed responses pass through untouched."""
-
-    def __init__(self, app, metrics: ServeMetrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in UNCOUNTED_PATHS:
-            return await self.app(scope, receive, send)
-
-        async def counting_send(message):
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                self.metrics.error(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        except Exception:
-            self.metrics.error(500)  # the outermost middleware answers it
-            raise

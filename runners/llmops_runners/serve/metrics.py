@@ -2,9 +2,9 @@
 operator's autoscaling read this server unchanged (the mapping is in docs/runner-contract.md).
 
 All are labelled `model_name` (the served model name, as vLLM labels them; adapters are counted
-under their base). vLLM has no error counter: `llmops_serve_request_errors_total` counts
-responses by status code, and `llmops_serve_batch_size` records how many sequences each decode
-step carried (what shows that concurrent requests are batched).
+under their base). `llmops_serve_batch_size` records how many sequences each decode step carried
+(what shows that concurrent requests are batched). Errors are counted where vLLM counts them: the
+HTTP series of prometheus-fastapi-instrumentator (app.py), in this same registry.
 """
 from __future__ import annotations
 
@@ -59,11 +59,6 @@ class ServeMetrics:
                                               labels, registry=r))
         self.batch_size = one(Histogram("llmops_serve_batch_size", "Sequences decoded together in one forward step.",
                                         labels, buckets=BATCH_BUCKETS, registry=r))
-        self._errors = Counter("llmops_serve_request_errors", "HTTP responses with a 4xx or 5xx status, by status code.",
-                               labels + ["status_code"], registry=r)
-
-    def error(self, status: int) -> None:
-        self._errors.labels(model_name=self.model_name, status_code=str(status)).inc()
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

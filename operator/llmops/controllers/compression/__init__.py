@@ -13,6 +13,7 @@ from ...runtime import joblife
 from ...runtime.cache import Key
 from ...runtime.conditions import now
 from ...runtime.controller import Context, KindController
+from ...runtime.metrics import Figure
 from ...runtime.pods import of_attempt
 from ...runtime.scrape import scrape as scrape_metrics
 from .plan import Observed, plan
@@ -49,4 +50,15 @@ def scrape(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, A
     return {"stage": int(values.get("stage", 0)), "stagesTotal": int(values["stages_total"])}
 
 
-CONTROLLER = KindController(kind=api.COMPRESSION, children=("Job",), observe=observe, plan=plan, scrape=scrape, inputs=inputs)
+def figures(status: dict[str, Any]) -> list[Figure]:
+    """The chain's and each stage's measured figures (sizes, qualities, latencies before/after) and
+    the gate's verdict, so dashboards keep them after the runner's pod and its endpoint are gone."""
+    out = [("", name, value) for name, value in (status.get("metrics") or {}).items()]
+    for index, stage in enumerate(status.get("stages") or []):
+        out += [(f"{index}-{stage['name']}", name, value) for name, value in (stage.get("metrics") or {}).items()]
+    if (gate := status.get("qualityGate")) is not None:
+        out.append(("", "qualityGatePassed", 1.0 if gate.get("passed") else 0.0))
+    return out
+
+
+CONTROLLER = KindController(kind=api.COMPRESSION, children=("Job",), observe=observe, plan=plan, scrape=scrape, inputs=inputs, figures=figures)

@@ -12,6 +12,7 @@ from ... import api, modelinfo
 from ...runtime import joblife
 from ...runtime.conditions import now, parse_time
 from ...runtime.controller import Context, KindController
+from ...runtime.metrics import Figure
 from ...runtime.pods import of_attempt, rank_order
 from .plan import Observed, plan
 from ...runtime.scrape import scrape as scrape_metrics
@@ -45,4 +46,9 @@ def scrape(ctx: Context, body: dict[str, Any], owned: dict[str, list[dict[str, A
     return progress_status(values, parse_time(status.get("startTime")), now()) if values else None
 
 
-CONTROLLER = KindController(kind=api.FINETUNE, children=("Job", "Service"), observe=observe, plan=plan, scrape=scrape)
+def figures(status: dict[str, Any]) -> list[Figure]:
+    """The finished run's final metrics (train and eval loss, throughput), as the runner reported them."""
+    return [("", name, value) for name, value in ((status.get("result") or {}).get("metrics") or {}).items()]
+
+
+CONTROLLER = KindController(kind=api.FINETUNE, children=("Job", "Service"), observe=observe, plan=plan, scrape=scrape, figures=figures)

@@ -17,6 +17,7 @@ from ...api.inference import InferenceServiceSpec
 from ...runtime.cache import Key
 from ...runtime.conditions import now
 from ...runtime.controller import Context, KindController
+from ...runtime.metrics import Figure
 from ...runtime.resources import SCALED_OBJECT
 from . import builders as build
 from .adapters import sync_replica
@@ -83,4 +84,9 @@ def refused(status: StatusBuilder, message: str, permanent: bool) -> None:
         status.phase("Pending", message)
 
 
-CONTROLLER = KindController(kind=api.INFERENCE, children=CHILDREN, observe=observe, plan=plan, inputs=inputs, refused=refused)
+def figures(status: dict[str, Any]) -> list[Figure]:
+    """Replicas wanted and serving: what "not Ready" means in numbers."""
+    return [("", name, float(status[name])) for name in ("replicas", "readyReplicas") if status.get(name) is not None]
+
+
+CONTROLLER = KindController(kind=api.INFERENCE, children=CHILDREN, observe=observe, plan=plan, inputs=inputs, refused=refused, figures=figures)

@@ -1,0 +1,1 @@
+"""Observability helpers for development: rendering our Grafana dashboards without Grafana."""
