@@ -16,9 +16,13 @@ panel over our own series must have data.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import httpx
 
 import pytest
 import yaml
@@ -111,6 +115,9 @@ def test_finetune_compress_serve_really_runs_and_the_answers_show_the_finetuning
     # What the gate measured in the runner is what the Service answers (same greedy decoding, same questions).
     assert compressed_accuracy == pytest.approx(compressed["qualityGate"]["after"], abs=0.13)
 
+    served = load(core, namespace, seconds=20, clients=8)
+    assert served > 8, served
+
     # What Prometheus saw of all this, through every dashboard: pod series carry the resource label
     # the PodMonitor's relabeling sets, and every panel over our own series has data.
     for series, resource in ((f'llmops_finetune_step{{finetunejob="{pipeline.FINETUNE}"}}', "training"),
@@ -118,7 +125,32 @@ def test_finetune_compress_serve_really_runs_and_the_answers_show_the_finetuning
                              (f'vllm:generation_tokens_total{{inferenceservice="{pipeline.SERVE}"}}', "serving")):
         assert prometheus.query(f"last_over_time({series}[1h])"), f"no {resource} series labelled with its resource: {series}"
     time.sleep(3)  # the last answers' series scraped
-    results = render_all(prometheus.url, started, time.time(), {"namespace": namespace}, tmp_path / "dashboards")
+    # LLMOPS_DASHBOARDS_OUT=docs/dashboards: how the README's pictures are made.
+    pictures = Path(os.environ.get("LLMOPS_DASHBOARDS_OUT") or tmp_path / "dashboards")
+    results = render_all(prometheus.url, started, time.time(), {"namespace": namespace}, pictures)
     ours = catalogue.our_names() - catalogue.GPU_ONLY
     assert not problems(results, lambda reads: bool(reads) and reads <= ours | {"up"}), problems(results, lambda r: bool(r) and r <= ours | {"up"})
-    print("dashboards rendered to", tmp_path / "dashboards")
+    print("dashboards rendered to", pictures)
+
+
+def load(core, namespace: str, seconds: float, clients: int) -> int:
+    """A short load on both servers, straight to their pods: completions from `clients` threads
+    for `seconds`, half to the compressed model, half to the adapter. Returns the requests served."""
+    targets = []
+    for service, model in ((pipeline.SERVE, pipeline.SERVE), (pipeline.SERVE_BASE, pipeline.FINETUNE)):
+        pods = core.list_namespaced_pod(namespace, label_selector=f"llmops.dev/name={service}").items
+        ip = next(p.status.pod_ip for p in pods if p.status.phase == "Running" and p.status.pod_ip)
+        targets.append((f"http://{ip}:8000/v1/completions", model))
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> int:
+        url, model = targets[index % len(targets)]
+        served = 0
+        with httpx.Client(timeout=60) as http:
+            while time.monotonic() < deadline:
+                http.post(url, json={"model": model, "prompt": "What is the capital of", "max_tokens": 16}).raise_for_status()
+                served += 1
+        return served
+
+    with ThreadPoolExecutor(clients) as pool:
+        return sum(pool.map(client, range(clients)))
