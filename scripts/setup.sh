@@ -57,3 +57,9 @@ if [ -z "${LLMOPS_SKIP_RUNNER_VENVS:-}" ]; then
   if need hardlink; then hardlink --content --minimum-size 1M --quiet .venv .venv-compress .venv-compress-onnx .venv-serve; fi
 fi
 .venv/bin/llmops-devcluster build >/dev/null
+# The tests evaluate the Argo CD health checks (argocd/health/) with Argo CD's own CLI, built once
+# from the Go module proxy like the control plane (cached; cold, with its ~400 MB of modules and
+# Go 1.27: 4-10 min on 2 cores). Test-only, so left out with the runner venvs (the quickstart's set-up).
+if [ -z "${LLMOPS_SKIP_RUNNER_VENVS:-}" ]; then
+  .venv/bin/python -m llmops.devcluster.build argocd >/dev/null
+fi

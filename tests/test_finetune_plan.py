@@ -298,3 +298,13 @@ def test_the_result_names_the_output_as_the_cluster_does_not_the_pods_mount_path
     result = plan(observe(b, [done], [pod_obj("ft-a", "Succeeded", exit_code=0, message=report)]), SETTINGS).status["result"]
     assert result["artifactUri"] == b["spec"]["output"]["uri"]
     assert "/mnt/pvc" not in result["artifactUri"]
+
+
+def test_a_running_multi_node_attempt_asks_again_for_its_headless_service():
+    # Refused beside its Job (RBAC, a quota), the Service used to stay missing: the plan asked for
+    # children only while the Job was missing, and the ranks waited for rank 0 forever.
+    b = body(resources={"nodes": 2, "gpusPerNode": 1, "gpuType": "NVIDIA-H100-80GB-HBM3"}, status={"selectedMethod": "lora"})
+    running = plan(observe(b, [job_obj("ft-ftj")], [pod_obj("ft-0", "Running"), pod_obj("ft-1", "Running")]), SETTINGS)
+    assert [(c["kind"], c["metadata"]["name"]) for c in running.create] == [("Service", "ft-ftj-workers")]
+    single = plan(observe(body(status={"selectedMethod": "lora"}), [job_obj("ft-ftj")], [pod_obj("ft-0", "Running")]), SETTINGS)
+    assert single.create == []  # nothing beside a one-node Job; the Job itself is never asked for twice

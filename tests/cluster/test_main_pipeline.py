@@ -119,17 +119,28 @@ def test_finetune_compress_serve_really_runs_and_the_answers_show_the_finetuning
     assert served > 8, served
 
     # What Prometheus saw of all this, through every dashboard: pod series carry the resource label
-    # the PodMonitor's relabeling sets, and every panel over our own series has data.
-    for series, resource in ((f'llmops_finetune_step{{finetunejob="{pipeline.FINETUNE}"}}', "training"),
-                             (f'llmops_compress_stage{{compressionjob="{pipeline.COMPRESS}"}}', "compression"),
-                             (f'vllm:generation_tokens_total{{inferenceservice="{pipeline.SERVE}"}}', "serving")):
-        assert prometheus.query(f"last_over_time({series}[1h])"), f"no {resource} series labelled with its resource: {series}"
+    # the PodMonitor's relabeling sets, and every panel over our own series has data. A job's pod
+    # can finish before Prometheus first scrapes it (discovery hands new targets to the scrapers
+    # every 5 s): its runner's series are then required only if Prometheus did scrape it. The
+    # operator's series keep the job's results either way.
     time.sleep(3)  # the last answers' series scraped
+    unscraped = set()
+    for label, name, prefix in (("finetunejob", pipeline.FINETUNE, "llmops_finetune_"), ("compressionjob", pipeline.COMPRESS, "llmops_compress_")):
+        if prometheus.query(f'max_over_time(up{{{label}="{name}"}}[1h]) == 1'):
+            assert prometheus.query(f'last_over_time({{__name__=~"{prefix}.+", {label}="{name}"}}[1h])'), f"no {prefix}* series labelled {label}={name}"
+        else:
+            unscraped.add(prefix)
+            print(f"the {label} pod ended before Prometheus scraped it: its {prefix}* panels may be empty")
+    assert prometheus.query(f'last_over_time(vllm:generation_tokens_total{{inferenceservice="{pipeline.SERVE}"}}[1h])')
     # LLMOPS_DASHBOARDS_OUT=docs/dashboards: how the README's pictures are made.
     pictures = Path(os.environ.get("LLMOPS_DASHBOARDS_OUT") or tmp_path / "dashboards")
     results = render_all(prometheus.url, started, time.time(), {"namespace": namespace}, pictures)
     ours = catalogue.our_names() - catalogue.GPU_ONLY
-    assert not problems(results, lambda reads: bool(reads) and reads <= ours | {"up"}), problems(results, lambda r: bool(r) and r <= ours | {"up"})
+
+    def must_have_data(reads: set[str]) -> bool:
+        return bool(reads) and reads <= ours | {"up"} and not any(r.startswith(tuple(unscraped)) for r in reads)
+
+    assert not problems(results, must_have_data), problems(results, must_have_data)
     print("dashboards rendered to", pictures)
 
 

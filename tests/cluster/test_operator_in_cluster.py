@@ -1,7 +1,9 @@
 """The operator runs in the cluster from its own image, installed by the chart, under the chart's RBAC.
 
 No admin credentials: the pod talks to the API server through the `kubernetes` Service with its
-ServiceAccount token, as on any real cluster. It drives a (simulated-GPU) FineTuneJob to the end.
+ServiceAccount token, as on any real cluster. It watches its own namespace only (the chart's
+namespaced mode: the rules on namespaced resources bound there by a RoleBinding, only the
+cluster-scoped reads cluster-wide). It drives a (simulated-GPU) FineTuneJob to the end.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ def chart(namespace: str) -> list[dict]:
         [str(bin_dir() / "helm"), "template", "llmops", str(CHART), "--namespace", namespace,
          f"--set=watchNamespaces={{{namespace}}}", "--set=progressInterval=1", "--set=hfEndpoint="],
         capture_output=True, text=True, check=True).stdout
+    # Watching one namespace: the namespaced rules are bound there only (a RoleBinding).
     return [d for d in yaml.safe_load_all(out) if d and d["kind"] in (
-        "Deployment", "ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding")]
+        "Deployment", "ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding", "RoleBinding")]
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ go.mod replaces k8s.io/kubernetes's staging modules by their published v0.X.Y
 twins), kwok with `go install` at a pinned version. The real node's parts are a
 second set: kubelet and kube-proxy from the same module as the control plane
 (same version, same stamping), containerd 2.x from gomod-node/, and
-local-path-provisioner from its own module's source. The cache lives outside the
+local-path-provisioner from its own module's source. For the tests only, Argo CD's
+CLI from gomod-argocd/ (with the Go toolchain its go.mod asks for, from the proxy too):
+`python -m llmops.devcluster.build argocd`. The cache lives outside the
 repository (``$LLMOPS_CACHE`` or ``~/.cache/llmops``) and is keyed by the
 versions and the go.mod contents, so changing a pin rebuilds.
 """
@@ -55,6 +57,14 @@ CONTAINERD_PACKAGES = {
 LOCAL_PATH_MODULE = "github.com/rancher/local-path-provisioner"
 NODE_COMPONENTS = (*NODE_KUBE_PACKAGES, *CONTAINERD_PACKAGES, "local-path-provisioner")
 
+# Argo CD's CLI, for the tests only: `argocd admin settings resource-overrides health` runs the health
+# checks in argocd/health/ with Argo CD's own Lua runtime. argo-cd's go.mod needs Go 1.27: the pinned
+# toolchain comes from the module proxy too (GOTOOLCHAIN), whatever Go is installed.
+ARGOCD_VERSION = "v3.6.1"
+ARGOCD_GO_TOOLCHAIN = "go1.27.4"
+ARGOCD_GOMOD_DIR = Path(__file__).with_name("gomod-argocd")
+ARGOCD_PACKAGE = "github.com/argoproj/argo-cd/v3/cmd"  # the multi-call binary: named argocd, it is the CLI
+
 
 class BuildError(RuntimeError):
     pass
@@ -79,6 +89,19 @@ def _node_build_key() -> str:
             digest.update((folder / name).read_bytes())
     digest.update(f"{KUBERNETES_VERSION} {CONTAINERD_VERSION} {LOCAL_PATH_PROVISIONER_VERSION}".encode())
     return digest.hexdigest()[:12]
+
+
+def _argocd_build_key() -> str:
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum"):
+        digest.update((ARGOCD_GOMOD_DIR / name).read_bytes())
+    digest.update(f"{ARGOCD_VERSION} {ARGOCD_GO_TOOLCHAIN}".encode())
+    return digest.hexdigest()[:12]
+
+
+def argocd_binary() -> Path:
+    """Where the pinned `argocd` CLI is (or will be, once `ensure_argocd()` built it)."""
+    return cache_root() / f"argocd-{ARGOCD_VERSION}-{_argocd_build_key()}" / "bin" / "argocd"
 
 
 def bin_dir() -> Path:
@@ -174,6 +197,23 @@ def _build_node(target: Path, log) -> None:
         _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "local-path-provisioner"), "."], lpp, env, log)
 
 
+def ensure_argocd(log=lambda msg: print(msg, file=sys.stderr)) -> Path:
+    """Return the pinned `argocd` CLI, building it once (a cold build compiles Argo CD: many minutes)."""
+    target = _cached_build(argocd_binary().parent, ("argocd",), _build_argocd, log,
+                           what=f"the argocd CLI {ARGOCD_VERSION} with Go {ARGOCD_GO_TOOLCHAIN} (once; about 10 minutes of compiling on 2 cores, after ~400 MB of modules)")
+    return target / "argocd"
+
+
+def _build_argocd(target: Path, log) -> None:
+    # -buildvcs=false: the work folder is no repository. GOTOOLCHAIN: argo-cd v3.6 needs Go 1.27.
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false", "GOTOOLCHAIN": ARGOCD_GO_TOOLCHAIN}
+    stamp = f"-X github.com/argoproj/argo-cd/v3/common.version={ARGOCD_VERSION.lstrip('v')}"
+    with tempfile.TemporaryDirectory(prefix="llmops-gomod-argocd-") as work:
+        for name in ("go.mod", "go.sum"):
+            shutil.copy(ARGOCD_GOMOD_DIR / name, Path(work) / name)
+        _run(["go", "build", "-trimpath", "-ldflags", f"-s -w {stamp}", "-o", str(target / "argocd"), ARGOCD_PACKAGE], Path(work), env, log)
+
+
 def _cached_build(target: Path, components: tuple[str, ...], build, log, what: str) -> Path:
     """Run `build(target, log)` once per cache key: two test sessions may start at once, the second waits."""
     def present() -> bool:
@@ -204,3 +244,18 @@ def _module_source(module: str, work: Path, env: dict[str, str], log) -> Path:
     if proc.returncode != 0:
         raise BuildError(f"go mod download {module} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return Path(json.loads(proc.stdout)["Dir"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m llmops.devcluster.build argocd`: build (once) and print the argocd CLI's path.
+    (`llmops-devcluster build` builds the cluster's binaries.)"""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["argocd"]:
+        print("usage: python -m llmops.devcluster.build argocd", file=sys.stderr)
+        return 2
+    print(ensure_argocd())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

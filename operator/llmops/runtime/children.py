@@ -260,6 +260,7 @@ def runner_job(
     annotations = {**pod.pod_annotations, RUNNER_CONFIG_ANNOTATION: json.dumps(pod.config, sort_keys=True)}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # runners never call the API: no credential in the pod
         "containers": [container],
         "volumes": volumes,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),

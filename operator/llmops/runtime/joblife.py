@@ -85,7 +85,10 @@ def advance(work: JobWorkload, seen: JobObservation, status: StatusBuilder, out:
         _failed_attempt(work, status, current, pods, attempt, restarts)
         return
 
-    # An active (or suspended) attempt.
+    # An active (or suspended) attempt. Its other children (a multi-node job's headless Service)
+    # are asked for again: one refused beside its Job (a quota, RBAC) must not stay missing while
+    # the ranks wait for it. The runtime creates only those its cache lacks.
+    out.create.extend(c for c in work.children(attempt, _deadline_for_new_job(work, status)) if c["kind"] != "Job")
     is_suspended = bool(current["spec"].get("suspend"))
     if work.suspend and not is_suspended:
         out.patch[("Job", current_name)] = {"spec": {"suspend": True}}

@@ -152,7 +152,7 @@ class Kube:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
             updated = self._write("PATCH", resource, resource.path(namespace, name, "status"), body=body,
-                                  content_type="application/merge-patch+json")
+                                  content_type="application/merge-patch+json", query={"fieldManager": FIELD_MANAGER})
         except ApiException as exc:
             if exc.status == 404:
                 return None

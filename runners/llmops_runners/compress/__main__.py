@@ -45,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         termination = config.termination_message_path
         signal.signal(signal.SIGTERM, _stop)
         from .gauges import CompressionGauges
-        from .pipeline import gate_message, run  # torch is imported once the config is known to be good
 
+        # The endpoint first: scrapers see the job (stage 0) while torch and the models load.
         gauges = CompressionGauges(config.job_name, len(config.stages))
         gauges.serve(config.metrics.port)
+        from .pipeline import gate_message, run  # torch is imported once the config is known to be good
+
         summary = run(config, gauges)
     except BadInputError as error:
         print(error, file=sys.stderr)

@@ -244,6 +244,7 @@ def deployment(body: dict[str, Any], spec: InferenceServiceSpec, model: ServedMo
         "containers": [_container(body, spec, model, settings, mounts)],
         "volumes": volumes,
         "enableServiceLinks": False,  # hundreds of Services must not become env vars of the server
+        "automountServiceAccountToken": False,  # the server never calls the API: no credential in the pod
         "terminationGracePeriodSeconds": 30,
         **pod_scheduling(spec.resources.gpu_type, spec.scheduling.to_wire() if spec.scheduling else None, spec.resources.gpus),
     }
