@@ -22,13 +22,7 @@ from typing import Any
 
 import yaml
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from llmops.devcluster.cluster import free_port
 
 
 class Prometheus:
@@ -36,7 +30,7 @@ class Prometheus:
         self.binary = shutil.which("prometheus")
         if self.binary is None:
             raise RuntimeError("prometheus is not installed (scripts/setup.sh installs Debian's package)")
-        self.folder, self.port = folder, _free_port()
+        self.folder, self.port = folder, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                   "rule_files": [str(p) for p in rule_files], "scrape_configs": scrape_configs}
