@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from . import conditions as cond
+
 RECONCILES = Counter("llmops_reconcile_total", "Reconciles by kind and result.", ["kind", "result"])
 RECONCILE_SECONDS = Histogram(
     "llmops_reconcile_duration_seconds", "Time spent in one reconcile.", ["kind"],
@@ -106,8 +108,8 @@ def _unshow(key: tuple[str, str, str], shown: _Shown) -> None:
 
 def failure_reason(status: dict[str, Any]) -> str:
     """The reason of the condition that says why: a job's Failed, a service's Ready."""
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    failed, ready = conditions.get("Failed") or {}, conditions.get("Ready") or {}
+    conditions = status.get("conditions")
+    failed, ready = cond.find(conditions, cond.FAILED) or {}, cond.find(conditions, "Ready") or {}
     if failed.get("status") == "True" and failed.get("reason"):
         return failed["reason"]
     if ready.get("status") != "True" and ready.get("reason"):
