@@ -194,11 +194,6 @@ NOT_EXERCISED = {
     **{("kopf.dev", "clusterkopfpeerings", verb): "two replicas (no --standalone), all namespaces" for verb in ("get", "list", "watch", "patch")},
     **{("kopf.dev", "kopfpeerings", verb): "two replicas (no --standalone), some namespaces" for verb in ("get", "list", "watch", "patch")},
 }
-# DEFECT (reported, not fixed here): granted by the chart, asked for by no code of the operator nor of
-# Kopf as the operator uses it (runtime/kube.py is the operator's only client; Kopf only lists, watches,
-# posts core/v1 events and patches peerings). Events are POSTed to core/v1 only; a status is read with
-# its object; pods are listed and watched (progress goes to the pod's IP); the InferenceService's
-# children are server-side applied, never read one by one (only a created child's 409 reads it back).
 # Rules granted and never used. This run found nine (events patch, events.k8s.io events, get on
 # the status subresources, on pods, ConfigMaps, Deployments, HPAs and ScaledObjects): rbac.py
 # dropped them. A rule that turns out unused again belongs here until it goes.
@@ -275,7 +270,6 @@ class Case:
     verbs: list[str] | None  # None: every verb on the resource
     check: Callable[["Ctx"], None]
     starts: bool = True  # False: the operator must refuse to start
-    defect: str | None = None  # a defect this case shows (reported, not fixed here): the case is a strict xfail
 
 
 @dataclass
@@ -426,9 +420,6 @@ def start_refused(verb: str, resource: str) -> Callable[[Ctx], None]:
 CASES = {
     "jobs-create": Case("batch", "jobs", ["create"], job_create_refused),
     "jobs-patch": Case("batch", "jobs", ["patch"], job_patch_refused),
-    # DEFECT (reported, not fixed here): joblife.advance creates an attempt's children only while its Job is
-    # missing, so a Service refused beside a Job that was created is never asked for again; the Forbidden
-    # status lasts one pass, then "2 of 2 pods running" with no rendezvous Service.
     # Found by this test: the plan asked for a job's children only while its Job was missing, so a
     # refused Service stayed missing and the FineTuneJob reported its pods running without it.
     "services-create": Case("", "services", ["create"], headless_service_refused),
@@ -456,8 +447,7 @@ def _alive(operator: OperatorProcess) -> bool:
         return False
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, id=n, marks=[pytest.mark.xfail(strict=True, reason=f"DEFECT: {c.defect}")] if c.defect else [])
-                                  for n, c in CASES.items()])
+@pytest.mark.parametrize("name", list(CASES))
 def test_one_rule_less_breaks_a_path(name, cluster, api_client, core, custom, namespace, tmp_path):
     case = CASES[name]
     rules = without(CLUSTER_RULES, case.group, case.resource, case.verbs)

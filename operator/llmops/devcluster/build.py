@@ -74,29 +74,26 @@ def cache_root() -> Path:
     return Path(os.environ.get("LLMOPS_CACHE", Path.home() / ".cache" / "llmops"))
 
 
-def _build_key() -> str:
+def _key(folders: tuple[Path, ...], pins: str) -> str:
+    """A cache key: the go.mod and go.sum of `folders`, and the pinned versions."""
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum"):
-        digest.update((GOMOD_DIR / name).read_bytes())
-    digest.update(f"{KUBERNETES_VERSION} {ETCD_VERSION} {KWOK_VERSION} {HELM_VERSION}".encode())
+    for folder in folders:
+        for name in ("go.mod", "go.sum"):
+            digest.update((folder / name).read_bytes())
+    digest.update(pins.encode())
     return digest.hexdigest()[:12]
+
+
+def _build_key() -> str:
+    return _key((GOMOD_DIR,), f"{KUBERNETES_VERSION} {ETCD_VERSION} {KWOK_VERSION} {HELM_VERSION}")
 
 
 def _node_build_key() -> str:
-    digest = hashlib.sha256()
-    for folder in (GOMOD_DIR, NODE_GOMOD_DIR):
-        for name in ("go.mod", "go.sum"):
-            digest.update((folder / name).read_bytes())
-    digest.update(f"{KUBERNETES_VERSION} {CONTAINERD_VERSION} {LOCAL_PATH_PROVISIONER_VERSION}".encode())
-    return digest.hexdigest()[:12]
+    return _key((GOMOD_DIR, NODE_GOMOD_DIR), f"{KUBERNETES_VERSION} {CONTAINERD_VERSION} {LOCAL_PATH_PROVISIONER_VERSION}")
 
 
 def _argocd_build_key() -> str:
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum"):
-        digest.update((ARGOCD_GOMOD_DIR / name).read_bytes())
-    digest.update(f"{ARGOCD_VERSION} {ARGOCD_GO_TOOLCHAIN}".encode())
-    return digest.hexdigest()[:12]
+    return _key((ARGOCD_GOMOD_DIR,), f"{ARGOCD_VERSION} {ARGOCD_GO_TOOLCHAIN}")
 
 
 def argocd_binary() -> Path:
