@@ -4,34 +4,23 @@ its RBAC: test_least_privilege.py.)"""
 from __future__ import annotations
 
 import signal
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
+from chart_helpers import CHART, helm, render
 from conftest import OperatorProcess
 from finetune_helpers import create, finetunejob, succeed_with, wait_phase
-from llmops.devcluster.build import bin_dir
 from llmops.observability import dashboards
 from llmops.rbac import CLUSTER_RULES
 from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-CHART = Path(__file__).resolve().parents[2] / "charts" / "llmops"
-
-
-def helm(*args: str) -> str:
-    return subprocess.run([str(bin_dir() / "helm"), *args], capture_output=True, text=True, check=True).stdout
-
-
-def render(*sets: str) -> list[dict]:
-    args = [f"--set={s}" for s in sets]
-    return [d for d in yaml.safe_load_all(helm("template", "llmops", str(CHART), "--namespace", "llmops-system", *args)) if d]
 
 
 def test_chart_lints_and_renders_what_it_promises():
-    helm("lint", "--strict", str(CHART))
+    lint = helm("lint", "--strict", str(CHART))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     docs = render("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true")
     kinds = {d["kind"]: d for d in docs}
     assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterKopfPeering", "ConfigMap"} <= set(kinds)

@@ -3,30 +3,15 @@ NOTES.txt tells a user, and every toggle accepted by the real API server."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
+from chart_helpers import CHART, helm, render
 
-from llmops.devcluster.build import bin_dir
 from llmops.devcluster.thirdparty import monitoring_crds
 from llmops.rbac import CLUSTER_RULES, CLUSTER_SCOPED_RULES, NAMESPACED_RULES
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "llmops"
 EVERY_TOGGLE = ("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
                 "grafana.dashboards.enabled=true", "replicas=2")
-
-
-def helm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(bin_dir() / "helm"), *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
-
-
-def render(*sets: str, namespace: str = "llmops-system") -> list[dict]:
-    done = helm("template", "llmops", str(CHART), "--namespace", namespace, *(f"--set={s}" for s in sets))
-    assert done.returncode == 0, done.stderr
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
 @pytest.mark.parametrize("value, field, words", [

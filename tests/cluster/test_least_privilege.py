@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import yaml
 from kubernetes import client
 
+from chart_helpers import render
 from conftest import OperatorProcess
 from finetune_helpers import condition, finetunejob, succeed_with
 from finetune_helpers import create as create_finetunejob
 from finetune_helpers import patch_spec as patch_finetunejob
 from finetune_helpers import status as finetune_status
-from llmops.devcluster.build import bin_dir
 from llmops.rbac import CLUSTER_RULES, OUR_KINDS
 from rbac_helpers import RecordingProxy, account_with_rules, allowed, granted, user_of, without
 from test_compression_operator import REPORT, compressionjob
@@ -43,7 +40,6 @@ from test_inference_operator import status as service_status
 from waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-CHART = Path(__file__).resolve().parents[2] / "charts" / "llmops"
 MANAGED = "app.kubernetes.io/managed-by=llmops-operator"
 HPA_SCALING = {"minReplicas": 1, "maxReplicas": 2, "metric": "kv-cache-utilization", "target": 0.7}
 
@@ -57,9 +53,7 @@ def refusal(verb: str, resource: str) -> re.Pattern:
 
 def test_the_charts_cluster_role_is_exactly_the_rules_under_test():
     """Everything below runs under CLUSTER_RULES: that is only worth something if the chart grants exactly them."""
-    out = subprocess.run([str(bin_dir() / "helm"), "template", "llmops", str(CHART), "--namespace", "llmops-system"],
-                         capture_output=True, text=True, check=True).stdout
-    roles = [d for d in yaml.safe_load_all(out) if d and d["kind"] in ("ClusterRole", "Role")]
+    roles = [d for d in render() if d["kind"] in ("ClusterRole", "Role")]
     assert [r["kind"] for r in roles] == ["ClusterRole"]  # one role, no extra namespaced grants beside it
     assert roles[0]["rules"] == CLUSTER_RULES
 

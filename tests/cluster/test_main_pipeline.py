@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,13 +24,11 @@ from pathlib import Path
 import httpx
 
 import pytest
-import yaml
+from chart_helpers import render
 from finetune_helpers import GROUP, VERSION, create, finetunejob
 from real_workloads import describe, volume_path
-from waiting import wait_for
 
 from llmops.devcluster import pipeline
-from llmops.devcluster.build import bin_dir
 from llmops.observability import catalogue
 from tests.helpers.dashboards import problems, render_all
 from tests.helpers.prometheus import PodDiscovery, Prometheus, podmonitor_scrape_configs
@@ -49,9 +46,7 @@ def images(node_images):
 
 @pytest.fixture
 def prometheus(core, namespace, operator, tmp_path):
-    chart = subprocess.run([str(bin_dir() / "helm"), "template", "llmops", str(REPO / "charts" / "llmops"), "--set", "metrics.podMonitor.enabled=true"],
-                           capture_output=True, text=True, check=True).stdout
-    podmonitor = next(d for d in yaml.safe_load_all(chart) if d and d["kind"] == "PodMonitor")
+    podmonitor = next(d for d in render("metrics.podMonitor.enabled=true") if d["kind"] == "PodMonitor")
     discovery = PodDiscovery(core, namespace)
     scrape = [{"job_name": "llmops-operator", "static_configs": [{"targets": [f"127.0.0.1:{operator.metrics_port}"]}]},
               *podmonitor_scrape_configs(podmonitor, discovery)]

@@ -8,27 +8,20 @@ cluster-scoped reads cluster-wide). It drives a (simulated-GPU) FineTuneJob to t
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
+from chart_helpers import render
 from finetune_helpers import create, events, finetunejob, succeed_with, wait_phase
 from waiting import wait_for
 
-from llmops.devcluster.build import bin_dir
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "llmops"
 CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering")
 
 
 def chart(namespace: str) -> list[dict]:
-    out = subprocess.run(
-        [str(bin_dir() / "helm"), "template", "llmops", str(CHART), "--namespace", namespace,
-         f"--set=watchNamespaces={{{namespace}}}", "--set=progressInterval=1", "--set=hfEndpoint="],
-        capture_output=True, text=True, check=True).stdout
     # Watching one namespace: the namespaced rules are bound there only (a RoleBinding).
-    return [d for d in yaml.safe_load_all(out) if d and d["kind"] in (
+    return [d for d in render(f"watchNamespaces={{{namespace}}}", "progressInterval=1", "hfEndpoint=", namespace=namespace) if d["kind"] in (
         "Deployment", "ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding", "RoleBinding")]
 
 
